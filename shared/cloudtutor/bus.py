@@ -318,6 +318,20 @@ class _Incoming:
     generation: int  # connection it arrived on: acks only go back on that one
 
 
+class _PahoLog(logging.LoggerAdapter):
+    """paho's log, less the ERROR its network thread logs when it notices
+    our own clean disconnect (it is not one)."""
+
+    def __init__(self, bus: Bus) -> None:
+        super().__init__(logging.getLogger("cloudtutor.bus.paho"), {})
+        self._bus = bus
+
+    def log(self, level, msg, *args, **kwargs) -> None:
+        if self._bus._closing and "not connected" in str(msg):
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
+
+
 _STOP = object()
 # Stands for a SUBACK that can no longer come: the connection was lost first.
 _LOST = ReasonCode(PacketTypes.SUBACK, "Unspecified error")
@@ -408,7 +422,7 @@ class Bus:
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
-        client.enable_logger(logging.getLogger("cloudtutor.bus.paho"))
+        client.enable_logger(_PahoLog(self))
         # A bug in one of our callbacks must not end the network thread (paho
         # re-raises by default); paho logs it instead.
         client.suppress_exceptions = True
