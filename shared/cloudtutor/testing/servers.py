@@ -133,7 +133,7 @@ class _ServerProcess:
         # should surface before anything else is started.
         self.binary = binary or find_binary(self.binary_name, self.binary_env)
         self._own_workdir = workdir is None
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix=f"cloudtutor-{self.name}-"))
+        self.workdir = Path(workdir).resolve() if workdir is not None else Path(tempfile.mkdtemp(prefix=f"cloudtutor-{self.name}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / f"{self.name}.log"
         self._proc: subprocess.Popen[bytes] | None = None
