@@ -122,12 +122,12 @@ def cloud():
     mid = model_id(model, "tiny")
     view = {k: v.clone() for k, v in model.state_dict().items()}
 
-    def delta(base_state, base_version, version, *, signer=key, seq=0):
+    def delta(base_state, base_version, version, *, signer=key, seq=0, video_ms=None):
         gen = torch.Generator().manual_seed(version)
         masks = {n: torch.rand(p.shape, generator=gen) < 0.3 for n, p in model.named_parameters()}
         new = {n: t + torch.randn(t.shape, generator=gen) * 0.1 if n in masks else t for n, t in base_state.items()}
         return encode_delta(base_state, new, masks, device_id=DEVICE, seq=seq, model_id=mid,
-                            base_version=base_version, version=version, key=signer)
+                            base_version=base_version, version=version, key=signer, video_ms=video_ms)
 
     return key, mid, view, delta
 
@@ -148,6 +148,18 @@ def test_updater_applies_a_signed_delta_and_reports_the_cloud_view(cloud):
     # A QoS 1 redelivery of the same update is ignored silently.
     again = up.handle(data, Kind.DELTA)
     assert again.reported is None and again.resync is None and up.slot.latest_version == 1
+
+
+def test_updater_tracks_the_video_time_the_cloud_trained_through(cloud):
+    # What a lockstep edge (demo, bench) waits on; signed like the rest.
+    key, mid, view, delta = cloud
+    up = updater_for(key, mid)
+    assert up.trained_through_ms is None
+    data1, view1 = delta(view, 0, 1, video_ms=15_000)
+    assert up.handle(data1, Kind.DELTA).applied and up.trained_through_ms == 15_000
+    raw = bytearray(delta(view1, 1, 2, video_ms=25_000)[0])
+    raw[raw.index(b'"video_ms":25000') + 11] = ord("9")  # claims 95 s: breaks the signature
+    assert not up.handle(bytes(raw), Kind.DELTA).applied and up.trained_through_ms == 15_000
 
 
 @pytest.mark.parametrize("case", ["tampered", "gap", "bad_signature", "wrong_kind", "wrong_device"])

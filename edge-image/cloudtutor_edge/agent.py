@@ -82,6 +82,8 @@ class _M:
     SWAPS = "cloudtutor_edge_model_swaps_total"
     MODEL_VERSION = "cloudtutor_edge_model_version"
     REJECTED = "cloudtutor_edge_rejected_total"  # {what, reason}: malformed control/ack messages
+    LOCKSTEP_SECONDS = "cloudtutor_edge_lockstep_wait_seconds_total"  # wall time held for the cloud (demo, bench)
+    LOCKSTEP_TIMEOUTS = "cloudtutor_edge_lockstep_timeouts_total"
 
 
 def load_student(config: EdgeConfig) -> tuple[Any, str]:
@@ -245,6 +247,8 @@ class EdgeAgent:
         frames = chained(config.sources, duration_s=config.duration_s, loop=config.loop)
         try:
             for frame in frames:
+                if not self._wait_for_cloud(frame.pts_ms):
+                    break
                 if not pacer.wait(frame.pts_ms, self.stop_event):
                     break
                 if self._knobs is not knobs:  # set by the handler thread; applied between frames
@@ -263,6 +267,31 @@ class EdgeAgent:
         finally:
             self._loop_ended = time.monotonic()
             frames.close()  # releases the container
+
+    def _wait_for_cloud(self, pts_ms: int) -> bool:
+        """Lockstep (demo, benchmarks): hold this frame while video time is more
+        than ``lockstep_lag_s`` ahead of what the cloud has trained on. False
+        if stop() was called meanwhile."""
+        lag_s = self.config.lockstep_lag_s
+        if lag_s is None:
+            return True
+
+        def behind() -> bool:
+            return pts_ms - (self.updater.trained_through_ms or 0) > lag_s * 1000.0
+
+        if not behind():
+            return True
+        started = time.monotonic()
+        while behind():
+            if self.stop_event.wait(0.1):
+                return False
+            if time.monotonic() - started > self.config.lockstep_timeout_s:
+                self.metrics.inc(_M.LOCKSTEP_TIMEOUTS)
+                log.warning("lockstep: no update trained past %.1f s of video in %.0f s; going on",
+                            (pts_ms / 1000.0) - lag_s, self.config.lockstep_timeout_s)
+                break
+        self.metrics.inc(_M.LOCKSTEP_SECONDS, time.monotonic() - started)
+        return True
 
     def _step(self, frame: Frame, knobs: Knobs, infer: bool, sample: bool, buffer: SampleBuffer) -> None:
         pts = frame.pts_ms

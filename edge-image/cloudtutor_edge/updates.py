@@ -69,6 +69,9 @@ class ModelUpdater:
         self.metrics = metrics if metrics is not None else Metrics()
         self.applied = 0
         self.rejected = 0
+        # Video time the newest applied version was trained through (from its
+        # header); what a lockstep edge waits on. None: no update yet.
+        self.trained_through_ms: int | None = None
 
     def current(self, status: str = "applied", reason: str | None = None) -> ModelReported:
         """``model/reported`` for the newest weights (version 0 at start)."""
@@ -98,6 +101,8 @@ class ModelUpdater:
             return self._reject(label, exc.reason.value, str(exc), version)
         self.slot.stage(state, header.version)
         self.applied += 1
+        if header.video_ms is not None:
+            self.trained_through_ms = max(self.trained_through_ms or 0, header.video_ms)
         self.metrics.inc(UPDATES, kind=label, status="applied", reason="")
         reported = ModelReported(version=header.version, sha256=header.params_sha256, status="applied")
         log.info("applied %s %d -> %d", label, version, header.version,

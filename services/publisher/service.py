@@ -246,7 +246,7 @@ class PublisherService(Service):
         envelope, _ = encode_delta(
             state, state, masks, device_id=device_id, seq=link.seq, model_id=newest.model_id,
             base_version=link.applied_version, version=newest.version, key=self.key,
-            compression=self.settings.compression, metric=newest.metric,
+            compression=self.settings.compression, metric=newest.metric, video_ms=newest.video_ms,
         )
         link.mark_sent("delta", newest.version, newest.params_sha256, time.time())
         self._save(device_id, link)  # before sending: a crash now ends in a timeout and a snapshot
@@ -269,7 +269,7 @@ class PublisherService(Service):
         state = distill.state_from_vector(vector, self.template)
         envelope = encode_snapshot(
             state, device_id=device_id, seq=link.seq, model_id=link.newest_model_id or self.model_id,
-            version=version, key=self.key, compression=self.settings.compression,
+            version=version, key=self.key, compression=self.settings.compression, video_ms=link.newest_video_ms,
         )
         link.mark_sent("snapshot", version, distill.vector_sha256(vector), time.time(), reason)
         self._save(device_id, link)

@@ -104,6 +104,7 @@ def encode_delta(
     key: Ed25519PrivateKey | None,
     compression: Compression = "zlib",
     metric: float | None = None,
+    video_ms: int | None = None,
 ) -> tuple[bytes, dict[str, torch.Tensor]]:
     """Envelope bytes of the update from ``base`` (the edge view) to ``new``
     on the ``masks``' coordinates, and the new edge view it produces.
@@ -130,19 +131,20 @@ def encode_delta(
     header = DeltaHeader(
         device_id=device_id, seq=seq, model_id=model_id, base_version=base_version, version=version,
         compression=compression, selected=selected, params_sha256=params_sha256(view), metric=metric,
+        video_ms=video_ms,
     )
     return _seal(header, body, key), view
 
 
 def encode_snapshot(
     state: State, *, device_id: str, seq: int, model_id: str, version: int,
-    key: Ed25519PrivateKey | None, compression: Compression = "zlib",
+    key: Ed25519PrivateKey | None, compression: Compression = "zlib", video_ms: int | None = None,
 ) -> bytes:
     """Envelope bytes of the full parameter vector (float16)."""
     body = compress(b"".join(fp16_bytes(t) for _, t in floating_items(state)), compression)
     header = SnapshotHeader(
         device_id=device_id, seq=seq, model_id=model_id, version=version,
-        compression=compression, params_sha256=params_sha256(state),
+        compression=compression, params_sha256=params_sha256(state), video_ms=video_ms,
     )
     return _seal(header, body, key)
 

@@ -87,6 +87,12 @@ class ActivationsHeader(EnvelopeHeader):
     frame_size: Size = Field(description="(width, height) of the source frame.")
 
 
+TRAINED_THROUGH = (
+    "Video time (ms) of the newest sample this version was trained on: lets an edge in lockstep "
+    "(demo, benchmarks) wait for the cloud instead of charging its compute to video time (brief §10.1)."
+)
+
+
 class DeltaHeader(EnvelopeHeader):
     """A sparse model update, cloud to edge (brief §4, §10.5)."""
 
@@ -99,6 +105,7 @@ class DeltaHeader(EnvelopeHeader):
     params_sha256: Sha256Hex = Field(description="sha256 of the full float16 parameter vector after applying.")
     signature: str | None = Field(None, description="Ed25519 signature (base64) over the signed part, see cloudtutor.signing.")
     metric: float | None = Field(None, description="Accuracy the cloud measured for this update (ShadowTutor).")
+    video_ms: int | None = Field(None, ge=0, description=TRAINED_THROUGH)
 
     @model_validator(mode="after")
     def _forward(self) -> DeltaHeader:
@@ -116,6 +123,7 @@ class SnapshotHeader(EnvelopeHeader):
     compression: Literal["zlib", "zstd"]
     params_sha256: Sha256Hex
     signature: str | None = None
+    video_ms: int | None = Field(None, ge=0, description=TRAINED_THROUGH)
 
 
 HEADER_MODELS: dict[Kind, type[EnvelopeHeader]] = {

@@ -36,6 +36,15 @@ class EdgeConfig(Section):
         1.0, ge=0,
         description="Pacing of video time against wall time: 1 = real time, 2 = twice as fast, 0 = as fast as the work allows.",
     )
+    lockstep_lag_s: float | None = Field(
+        None, gt=0,
+        description="Demo and benchmarks only: pause video time while it is more than this many seconds ahead of the "
+        "newest sample the cloud has trained on, so that the cloud's compute is not charged to video time (brief §10.1); "
+        "none: free running, as in production.",
+    )
+    lockstep_timeout_s: float = Field(
+        300.0, gt=0, description="Longest wall-time pause for lockstep before going on anyway (logged and counted).",
+    )
     sink_path: Path | None = Field(
         None, description="Label sink file (cloudtutor.labelsink): every processed frame's label map; none: not written.",
     )
