@@ -64,6 +64,16 @@ def test_edge_and_cloud_prefixes_do_not_collide():
     assert edge.device_id == "cam-7" and edge.mqtt.host == "localhost"
 
 
+def test_the_data_root_variable_is_not_an_unknown_setting(tmp_path, monkeypatch):
+    # CLOUDTUTOR_DATA shares the settings' prefix; the demo's services got it
+    # from the user's shell and refused to start.
+    monkeypatch.setenv("CLOUDTUTOR_DATA", str(tmp_path))
+    assert load_cloud_config().models.data_root == tmp_path
+    assert load_edge_config().models.data_root == tmp_path
+    with pytest.raises(ConfigError, match="CLOUDTUTOR_EDGE__DATA"):
+        load_edge_config(env={"CLOUDTUTOR_EDGE__DATA": "x"})
+
+
 def test_edge_keeps_persistent_session_when_mqtt_section_given(tmp_path):
     path = tmp_path / "e.yaml"
     path.write_text("mqtt:\n  host: b\n")

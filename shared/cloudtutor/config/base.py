@@ -22,6 +22,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 CONFIG_ENV = "CLOUDTUTOR_CONFIG"
+DATA_ENV = "CLOUDTUTOR_DATA"  # the data root (models, videos); read by config.common
+# Variables under the prefix that are not settings, so not "unknown keys".
+NOT_SETTINGS = frozenset({CONFIG_ENV, DATA_ENV})
 
 
 class Section(BaseModel):
@@ -62,7 +65,7 @@ def load_config(
             sources[key_path] = f"file {path}"
     fields = set(model.model_fields)
     for name, raw in sorted(env.items()):
-        if not name.startswith(env_prefix) or name == CONFIG_ENV:
+        if not name.startswith(env_prefix) or name in NOT_SETTINGS:
             continue
         parts = tuple(p.lower() for p in name[len(env_prefix):].split("__"))
         if not parts[0] or parts[0] in reserved:

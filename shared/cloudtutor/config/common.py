@@ -9,9 +9,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from cloudtutor.config.base import Section
-
-DATA_ENV = "CLOUDTUTOR_DATA"
+from cloudtutor.config.base import DATA_ENV, Section
 
 
 def default_data_root(env: Mapping[str, str] | None = None) -> Path:
