@@ -155,6 +155,7 @@ class EdgeAgent:
         self.model_id = ""
         self._rates = FrameRateEstimator()
         self._last_pts = 0
+        self._sent_through_ms = 0  # video time up to which chunks have been handed to the uplink
         self._warned_mode = False
         self._buffer: SampleBuffer | None = None
         self._period = _Period(time.monotonic())
@@ -247,7 +248,7 @@ class EdgeAgent:
         frames = chained(config.sources, duration_s=config.duration_s, loop=config.loop)
         try:
             for frame in frames:
-                if not self._wait_for_cloud(frame.pts_ms):
+                if not self._wait_for_cloud():
                     break
                 if not pacer.wait(frame.pts_ms, self.stop_event):
                     break
@@ -268,16 +269,24 @@ class EdgeAgent:
             self._loop_ended = time.monotonic()
             frames.close()  # releases the container
 
-    def _wait_for_cloud(self, pts_ms: int) -> bool:
-        """Lockstep (demo, benchmarks): hold this frame while video time is more
-        than ``lockstep_lag_s`` ahead of what the cloud has trained on. False
-        if stop() was called meanwhile."""
+    def _wait_for_cloud(self) -> bool:
+        """Lockstep (demo, benchmarks): hold the next frame while the chunks
+        sent so far reach more than ``lockstep_lag_s`` past what the cloud
+        has trained on. False if stop() was called meanwhile.
+
+        Measured from what was sent, not from the next frame: the cloud can
+        only catch up on samples it has, and a sample leaves in a chunk only
+        when a later frame closes its period. With a lag of at least
+        T_update plus one sampling interval the trainer can always catch up
+        (its next phase is due T_update after the newest sample it trained
+        on); a hibernating trainer (brief §10.10) is what the timeout is for.
+        """
         lag_s = self.config.lockstep_lag_s
         if lag_s is None:
             return True
 
         def behind() -> bool:
-            return pts_ms - (self.updater.trained_through_ms or 0) > lag_s * 1000.0
+            return self._sent_through_ms - (self.updater.trained_through_ms or 0) > lag_s * 1000.0
 
         if not behind():
             return True
@@ -288,7 +297,7 @@ class EdgeAgent:
             if time.monotonic() - started > self.config.lockstep_timeout_s:
                 self.metrics.inc(_M.LOCKSTEP_TIMEOUTS)
                 log.warning("lockstep: no update trained past %.1f s of video in %.0f s; going on",
-                            (pts_ms / 1000.0) - lag_s, self.config.lockstep_timeout_s)
+                            self._sent_through_ms / 1000.0 - lag_s, self.config.lockstep_timeout_s)
                 break
         self.metrics.inc(_M.LOCKSTEP_SECONDS, time.monotonic() - started)
         return True
@@ -316,6 +325,7 @@ class EdgeAgent:
             self.metrics.inc(_M.SAMPLES)
         for batch in buffer.push(pts, taken):
             self.uplink.submit(batch, round(self._rates.fps(batch.fmt.source), 3))
+            self._sent_through_ms = pts
 
     # ---- the end --------------------------------------------------------------------
 

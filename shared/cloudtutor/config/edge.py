@@ -38,12 +38,12 @@ class EdgeConfig(Section):
     )
     lockstep_lag_s: float | None = Field(
         None, gt=0,
-        description="Demo and benchmarks only: pause video time while it is more than this many seconds ahead of the "
-        "newest sample the cloud has trained on, so that the cloud's compute is not charged to video time (brief §10.1); "
-        "none: free running, as in production.",
+        description="Demo and benchmarks only: pause video time while the chunks sent reach more than this many seconds "
+        "past the newest sample the cloud has trained on, so that the cloud's compute is not charged to video time "
+        "(brief §10.1); keep it >= T_update plus one sampling interval. None: free running, as in production.",
     )
     lockstep_timeout_s: float = Field(
-        300.0, gt=0, description="Longest wall-time pause for lockstep before going on anyway (logged and counted).",
+        60.0, gt=0, description="Longest wall-time pause for lockstep before going on anyway (logged and counted).",
     )
     sink_path: Path | None = Field(
         None, description="Label sink file (cloudtutor.labelsink): every processed frame's label map; none: not written.",
