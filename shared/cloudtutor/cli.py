@@ -1,0 +1,177 @@
+"""The ``cloudtutor`` console script (brief §7).
+
+Subcommands are added as the parts behind them land; each one is a thin
+wrapper that loads configuration and calls library code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cloudtutor import __version__
+from cloudtutor.config.base import ConfigError
+
+
+def _config_docs(args: argparse.Namespace) -> int:
+    from cloudtutor.config import reference
+
+    path = Path(args.out)
+    if args.check:
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+        if current != reference.render():
+            print(f"{path} is out of date: run `cloudtutor config docs`", file=sys.stderr)
+            return 1
+        print(f"{path} is up to date")
+        return 0
+    reference.write(path)
+    print(f"wrote {path}")
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from cloudtutor.config.cloud import load_cloud_config
+    from cloudtutor.config.edge import load_edge_config
+
+    cfg = load_edge_config(args.config) if args.edge else load_cloud_config(args.config)
+    # mode="json" renders SecretStr as '**********': secrets never reach a terminal or log.
+    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _models_check(args: argparse.Namespace) -> int:
+    from cloudtutor.config.common import default_data_root
+    from cloudtutor.models.measure import check_report
+
+    root = Path(args.data) if args.data else default_data_root()
+    print(f"measuring teacher and student on {root}/sanity (one process per measurement)...", file=sys.stderr)
+    report = check_report(root, runs=args.repeats)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0 if report["passed"] else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cloudtutor.config.cloud import load_cloud_config
+    from cloudtutor.service import serve
+
+    serve(args.service, load_cloud_config(args.config))
+    return 0
+
+
+def _edge(args: argparse.Namespace) -> int:
+    from cloudtutor.config.edge import load_edge_config
+    from cloudtutor.logs import setup_logging
+    from cloudtutor_edge.agent import run_edge
+
+    config = load_edge_config(args.config)
+    setup_logging(config.log, "cloudtutor.edge")
+    return run_edge(config)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cloudtutor.config.common import LogSettings, default_data_root
+    from cloudtutor.demo.orchestrate import DemoPlan
+    from cloudtutor.demo.run import DemoError, default_videos, run_demo
+    from cloudtutor.knobs import Knobs
+    from cloudtutor.logs import setup_logging
+
+    setup_logging(LogSettings(level="INFO"), "cloudtutor.demo")
+    videos = [Path(v) for v in args.videos] if args.videos else default_videos(default_data_root())
+    if not videos or not all(v.exists() for v in videos):
+        print(f"videos not found: {[str(v) for v in videos]} (give --videos or set CLOUDTUTOR_DATA)", file=sys.stderr)
+        return 2
+    plan = DemoPlan(
+        videos=videos, out=Path(args.out).resolve(), devices=args.devices, duration_s=args.minutes * 60.0, speed=args.speed,
+        knobs=Knobs(infer_fps=args.infer_fps, t_update_s=args.t_update), mqtt_url=args.mqtt_url,
+        redis_url=args.redis_url,
+        lockstep_lag_s=(2 * args.t_update if args.lockstep_lag is None else args.lockstep_lag) or None,
+    )
+    try:
+        report = run_demo(plan)
+    except DemoError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    for device in report["devices"]:
+        m = device["miou_vs_teacher"]
+        print(
+            f"{device['device_id']}: mIoU vs teacher {m['adapted']} adapted, {m['no_customization']} without customization; "
+            f"{device['model_updates_applied']} updates applied; weights match {device['weights_sha256_match']}; "
+            f"up {device['uplink_kbps']} Kbps, down {device['downlink_kbps']} Kbps; chunks lost {device['chunks']['lost']}"
+        )
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cloudtutor", description="Edge-cloud online distillation for video segmentation.")
+    parser.add_argument("--version", action="version", version=f"cloudtutor {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="configuration: show the merged settings or regenerate docs/config.md")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    docs = config_sub.add_parser("docs", help="write the configuration reference")
+    docs.add_argument("--out", default="docs/config.md", help="output path (default: docs/config.md)")
+    docs.add_argument("--check", action="store_true", help="fail if the file is not what the models generate")
+    docs.set_defaults(func=_config_docs)
+    show = config_sub.add_parser("show", help="print the merged configuration as JSON (secrets masked)")
+    show.add_argument("--config", help="YAML file (default: $CLOUDTUTOR_CONFIG)")
+    show.add_argument("--edge", action="store_true", help="the edge agent's configuration instead of the cloud's")
+    show.set_defaults(func=_config_show)
+
+    from cloudtutor.config.cloud import SERVICES
+
+    serve = sub.add_parser("serve", help="run one cloud service (what a container runs)")
+    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("--config", help="YAML file (default: $CLOUDTUTOR_CONFIG)")
+    serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser("demo", help="the closed loop on real video: servers, six services, edge agents, report")
+    demo.add_argument("--devices", type=int, default=1, help="edge agents (default: 1)")
+    demo.add_argument("--minutes", type=float, default=3.0, help="minutes of video per device, looped (default: 3)")
+    demo.add_argument("--videos", nargs="+", help="videos to chain (default: the real videos under the data root)")
+    demo.add_argument("--out", default="out/demo", help="report folder (default: out/demo)")
+    demo.add_argument(
+        "--speed", type=float, default=0.0,
+        help="video seconds per wall second; 0 = as fast as the work allows (default: 0, the simulated clock of brief §10.1)",
+    )
+    demo.add_argument(
+        "--lockstep-lag", type=float, default=None,
+        help="video seconds an edge may run ahead of what the cloud trained on (default: 2 x --t-update); "
+        "0 turns lockstep off (free running: the cloud's compute is charged to video time)",
+    )
+    demo.add_argument("--infer-fps", type=float, default=5.0, help="frames per video second the student labels (default: 5)")
+    demo.add_argument("--t-update", type=float, default=10.0, help="AMS T_update in video seconds (default: 10)")
+    demo.add_argument("--mqtt-url", help="use this broker (mqtt://host:port) instead of starting one")
+    demo.add_argument("--redis-url", help="use this Redis (redis://...) instead of starting one")
+    demo.set_defaults(func=_demo)
+
+    edge = sub.add_parser("edge", help="run the edge agent")
+    edge.add_argument("--config", help="YAML file (default: $CLOUDTUTOR_CONFIG)")
+    edge.set_defaults(func=_edge)
+
+    models = sub.add_parser("models", help="model utilities")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    check = models_sub.add_parser("check", help="run teacher and student on the sanity frames; agreement and CPU time")
+    check.add_argument("--data", help="data root (default: $CLOUDTUTOR_DATA or ../shared/data)")
+    check.add_argument("--repeats", type=int, default=5, help="timed runs per model (default: 5)")
+    check.add_argument("--out", help="also write the JSON report to this file")
+    check.set_defaults(func=_models_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

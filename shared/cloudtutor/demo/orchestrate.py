@@ -1,0 +1,183 @@
+"""Runs the closed loop for real: Mosquitto and Redis (child processes on
+free ports, unless URLs are given), the six services and N edge agents,
+each a separate OS process, every message crossing the real broker and
+Redis. Logs go to ``OUT/logs/``; configuration files to ``OUT/config/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+from cloudtutor.config.cloud import SERVICES, CloudConfig
+from cloudtutor.config.common import MqttSettings, RedisSettings
+from cloudtutor.config.edge import EdgeConfig
+from cloudtutor.knobs import Knobs
+from cloudtutor.testing.servers import MosquittoServer, RedisServer, free_port
+
+log = logging.getLogger("cloudtutor.demo")
+
+
+@dataclass
+class DemoPlan:
+    """What to run; built from the command line."""
+
+    videos: list[Path]
+    out: Path
+    devices: int = 1
+    duration_s: float = 180.0
+    speed: float = 0.0  # as fast as the work allows, in lockstep with the cloud (brief §10.1)
+    lockstep_lag_s: float | None = 20.0
+    knobs: Knobs = field(default_factory=lambda: Knobs(infer_fps=5.0))
+    mqtt_url: str | None = None
+    redis_url: str | None = None
+    trainer: dict = field(default_factory=dict)
+    prefix: str = "cloudtutor"
+
+
+class Process:
+    """A child process in its own session, logging to a file."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop); a fresh log per run
+        self.popen = subprocess.Popen(
+            list(argv), stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.running():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0f s; killing it", self.name, timeout)
+                self.popen.kill()
+                self.popen.wait(10)
+        self._log.close()
+        return self.popen.returncode
+
+
+def _dump(model, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(model.model_dump(mode="json", exclude_none=True), sort_keys=False), encoding="utf-8")
+    return path
+
+
+class Fleet:
+    """Starts and stops everything the demo runs."""
+
+    def __init__(self, plan: DemoPlan) -> None:
+        self.plan = plan
+        self.servers: list[MosquittoServer | RedisServer] = []
+        self.services: dict[str, Process] = {}
+        self.edges: dict[str, Process] = {}
+        self.metrics_ports: dict[str, int] = {}
+        (plan.out / "logs").mkdir(parents=True, exist_ok=True)
+        (plan.out / "config").mkdir(parents=True, exist_ok=True)
+        (plan.out / "sinks").mkdir(parents=True, exist_ok=True)
+        self.mqtt, self.redis = self._servers()
+        self.signing_key, self.public_key = self._keys()
+        self.cloud = CloudConfig(
+            mqtt=self.mqtt, redis=self.redis,
+            trainer=plan.trainer, controller={"default_knobs": plan.knobs},
+            publisher={"signing_key": self.signing_key},
+        )
+
+    def _keys(self) -> tuple[Path, Path]:
+        """A fresh Ed25519 pair per run: the publisher signs, the edges verify."""
+        from cloudtutor.signing import generate_key, save_private_key, save_public_key
+
+        key = generate_key()
+        private, public = self.plan.out / "config" / "signing.pem", self.plan.out / "config" / "signing.pub.pem"
+        save_private_key(key, private)
+        save_public_key(key.public_key(), public)
+        return private, public
+
+    def _servers(self) -> tuple[MqttSettings, RedisSettings]:
+        plan = self.plan
+        if plan.mqtt_url:
+            url = urlparse(plan.mqtt_url)
+            mqtt = MqttSettings(host=url.hostname or "localhost", port=url.port or 1883, prefix=plan.prefix)
+        else:
+            # Queue deeply enough that a slow consumer never makes the broker
+            # drop QoS 1 messages (it does past max_queued_messages).
+            broker = MosquittoServer(workdir=plan.out / "mosquitto", max_queued_messages=10_000).start()
+            self.servers.append(broker)
+            mqtt = broker.mqtt_settings(prefix=plan.prefix)
+        if plan.redis_url:
+            redis = RedisSettings(url=plan.redis_url)
+        else:
+            store = RedisServer(workdir=plan.out / "redis").start()
+            self.servers.append(store)
+            redis = store.redis_settings()
+        return mqtt, redis
+
+    def start_services(self) -> None:
+        path = _dump(self.cloud, self.plan.out / "config" / "cloud.yaml")
+        for name in SERVICES:
+            argv = [sys.executable, "-m", "cloudtutor.cli", "serve", name, "--config", str(path)]
+            # One /metrics port each (they share a host); the YAML's port is for a pod.
+            port = free_port()
+            self.metrics_ports[name] = port
+            self.services[name] = Process(
+                name, argv, self.plan.out / "logs" / f"{name}.log", env={"CLOUDTUTOR_METRICS_PORT": str(port)},
+            )
+        log.info("service metrics: %s", ", ".join(f"{n} http://127.0.0.1:{p}/metrics" for n, p in self.metrics_ports.items()))
+
+    def edge_config(self, index: int) -> EdgeConfig:
+        from cloudtutor.demo.edgeplan import edge_config  # the edge's own field names
+
+        return edge_config(self.plan, index, self.mqtt, self.public_key)
+
+    def start_edges(self) -> None:
+        for i in range(self.plan.devices):
+            config = self.edge_config(i)
+            path = _dump(config, self.plan.out / "config" / f"{config.device_id}.yaml")
+            argv = [sys.executable, "-m", "cloudtutor.cli", "edge", "--config", str(path)]
+            self.edges[config.device_id] = Process(config.device_id, argv, self.plan.out / "logs" / f"{config.device_id}.log")
+
+    def dead_services(self) -> list[str]:
+        return [name for name, p in self.services.items() if not p.running()]
+
+    def edges_running(self) -> bool:
+        return any(p.running() for p in self.edges.values())
+
+    def stop(self) -> None:
+        for proc in list(self.edges.values()) + list(self.services.values()):
+            proc.stop()
+        for server in reversed(self.servers):
+            server.stop()
+            server.close()
+
+    def tail(self, name: str, lines: int = 20) -> str:
+        proc = self.services.get(name) or self.edges.get(name)
+        if proc is None or not proc.log_path.exists():
+            return ""
+        return "\n".join(proc.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_until(predicate, timeout: float, every: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return predicate()
+
+
+__all__ = ["DemoPlan", "Fleet", "Process", "free_port", "wait_until"]

@@ -1,0 +1,131 @@
+"""report.json (schema cloudtutor.report/v1, brief §7), report.md and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = "cloudtutor.report/v1"
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(markdown(report), encoding="utf-8")
+    plot_miou(report, out / "miou.png")
+    plot_bandwidth(report, out / "bandwidth.png")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _points(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1f}"
+
+
+def _clock(report: dict[str, Any]) -> str:
+    speed, lag = report.get("speed", 0), report.get("lockstep_lag_s")
+    pace = "as fast as the work allows" if not speed else f"{speed:g}x real time"
+    held = f", each edge at most {lag:g} s of video ahead of what the cloud trained on" if lag else ", free running"
+    return f"Clock: video time, {pace}{held} (brief §10.1)."
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# cloudtutor demo",
+        "",
+        f"Videos: {', '.join(Path(v).name for v in report['videos'])}; {report['duration_s']:.0f} s of video, "
+        f"{report['frames']} frames processed; wall time {report['wall_s']:.0f} s.",
+        "",
+        _clock(report),
+        "",
+        "mIoU is against the teacher's labels on every frame the edge processed (per-frame mean over the classes "
+        "present; pooled = one confusion matrix; first pass = frames before the looped video repeats).",
+        "",
+        "| device | mIoU adapted | mIoU no customization | gain (points) | first pass adapted / none | pooled adapted / none "
+        "| updates applied | weights match | uplink Kbps | downlink Kbps | chunks published / ingested / lost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in report["devices"]:
+        ev = d["evaluation"]
+        first_a, first_b = ev["adapted"]["first"]["miou"], ev["no_customization"]["first"]["miou"]
+        pool_a, pool_b = ev["adapted"]["all"]["pooled_miou"], ev["no_customization"]["all"]["pooled_miou"]
+        c = d["chunks"]
+        lines.append(
+            f"| {d['device_id']} | {_pct(d['miou_vs_teacher']['adapted'])} | {_pct(d['miou_vs_teacher']['no_customization'])} "
+            f"| {_points(ev['gain_points'])} | {_pct(first_a)} / {_pct(first_b)} | {_pct(pool_a)} / {_pct(pool_b)} "
+            f"| {d['model_updates_applied']} | {d['weights_sha256_match']} | {d['uplink_kbps']:.1f} | {d['downlink_kbps']:.1f} "
+            f"| {c['published']} / {c['ingested']} / {c['lost']} |"
+        )
+    lines += ["", "## Model updates", ""]
+    for d in report["devices"]:
+        u = d["updates"]
+        lines.append(
+            f"- {d['device_id']}: {u['deltas']} deltas (mean {u['mean_delta_bytes']:.0f} bytes), {u['snapshots']} snapshots; "
+            f"full model {u['full_model_bytes']} bytes (float16, compressed), i.e. a delta is "
+            f"{u['full_model_bytes'] / max(u['mean_delta_bytes'], 1):.1f}x smaller."
+        )
+    lines += ["", "![mIoU over time](miou.png)", "", "![bandwidth](bandwidth.png)", ""]
+    return "\n".join(lines)
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    if len(values) < window or window <= 1:
+        return values
+    kernel = np.ones(window) / window
+    return np.convolve(np.nan_to_num(values, nan=np.nanmean(values)), kernel, mode="valid")
+
+
+def plot_miou(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for d in report["devices"]:
+        tl = d["evaluation"]["timeline"]
+        if not tl:
+            continue
+        t = np.array([p for p, _, _, _ in tl]) / 1000.0
+        adapted = np.array([np.nan if a is None else a for _, _, a, _ in tl], dtype=float)
+        base = np.array([np.nan if b is None else b for _, _, _, b in tl], dtype=float)
+        window = max(1, min(25, len(t) // 10))
+        ts = t[window - 1:] if window > 1 and len(t) >= window else t
+        ax.plot(ts, _smooth(adapted, window), label=f"{d['device_id']} adapted")
+        ax.plot(ts, _smooth(base, window), "--", label=f"{d['device_id']} no customization")
+    ax.set_xlabel("video time (s)")
+    ax.set_ylabel("mIoU vs teacher (moving mean)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bandwidth(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for d in report["devices"]:
+        up = d["traffic"]["uplink_series"]
+        down = d["traffic"]["downlink_series"]
+        if up:
+            ax.step([t for t, _ in up], np.cumsum([b for _, b in up]) / 1024, where="post", label=f"{d['device_id']} uplink")
+        if down:
+            ax.step([t for t, _ in down], np.cumsum([b for _, b in down]) / 1024, where="post", label=f"{d['device_id']} downlink")
+    ax.set_xlabel("video time (s): of a chunk's last frame (uplink), of the newest sample an update was trained on (downlink)")
+    ax.set_ylabel("cumulative KiB")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
