@@ -49,6 +49,10 @@ def test_the_demo_writes_its_report_and_plots(demo) -> None:
     for name in ("report.md", "miou.png", "bandwidth.png"):
         assert (out / name).stat().st_size > 1000, name
     assert "edge-0" in (out / "report.md").read_text()
+    # Every service served Prometheus metrics: the loop's own counters moved.
+    ingest = (out / "metrics" / "ingest.prom").read_text()
+    assert "cloudtutor_ingest_chunks_total" in ingest
+    assert "cloudtutor_trainer" in (out / "metrics" / "trainer.prom").read_text()
     # Every service logged its start and a clean stop (SIGTERM, not a kill).
     for service in ("ingest", "superres", "labeler", "trainer", "publisher", "controller"):
         text = (out / "logs" / f"{service}.log").read_text()

@@ -151,6 +151,38 @@ class Fleet:
             argv = [sys.executable, "-m", "cloudtutor.cli", "edge", "--config", str(path)]
             self.edges[config.device_id] = Process(config.device_id, argv, self.plan.out / "logs" / f"{config.device_id}.log")
 
+    def scrape(self, name: str, path: str) -> tuple[int, str]:
+        """(HTTP status, body) of a service's ``/metrics`` or ``/healthz``; (0, error) if unreachable."""
+        import urllib.error
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_ports[name]}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 (loopback, our own port)
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+        except OSError as exc:
+            return 0, str(exc)
+
+    def unhealthy_services(self) -> dict[str, str]:
+        """Services whose /healthz is not 200, with what it said."""
+        out = {}
+        for name in self.services:
+            code, body = self.scrape(name, "/healthz")
+            if code != 200:
+                out[name] = f"{code} {body.strip()[:200]}"
+        return out
+
+    def save_metrics(self) -> None:
+        """Each service's /metrics as it stands, into OUT/metrics/NAME.prom."""
+        folder = self.plan.out / "metrics"
+        folder.mkdir(exist_ok=True)
+        for name in self.services:
+            code, body = self.scrape(name, "/metrics")
+            if code == 200:
+                (folder / f"{name}.prom").write_text(body, encoding="utf-8")
+
     def dead_services(self) -> list[str]:
         return [name for name, p in self.services.items() if not p.running()]
 

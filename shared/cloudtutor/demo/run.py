@@ -13,7 +13,7 @@ from tqdm import tqdm
 from cloudtutor.config.cloud import SERVICES
 from cloudtutor.demo.evaluate import evaluate_device
 from cloudtutor.demo.observer import DeviceTraffic, FleetObserver
-from cloudtutor.demo.orchestrate import DemoPlan, Fleet
+from cloudtutor.demo.orchestrate import DemoPlan, Fleet, wait_until
 from cloudtutor.demo.report import SCHEMA, write_report
 
 log = logging.getLogger("cloudtutor.demo")
@@ -33,10 +33,13 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
         if not observer.wait_for(lambda o: o.services_online(SERVICES), timeout=180):
             missing = [s for s in SERVICES if observer.services.get(s, {}).get("state") != "online"]
             raise DemoError(f"services not online: {missing}\n" + "\n".join(f"--- {m}\n{fleet.tail(m)}" for m in missing))
-        log.info("services online; starting %d edge agent(s)", plan.devices)
+        if not wait_until(lambda: not fleet.unhealthy_services(), timeout=60):
+            raise DemoError(f"services not healthy: {fleet.unhealthy_services()}")
+        log.info("services online and healthy; starting %d edge agent(s)", plan.devices)
         fleet.start_edges()
         _follow(plan, fleet, observer)
         cloud_sha = _cloud_view_hashes(fleet, observer)
+        fleet.save_metrics()
     finally:
         observer.close()
         fleet.stop()
