@@ -1,4 +1,4 @@
-"""Models: ESPNet, the student and teacher wrappers, torchvision builders, the registry.
+"""Models: ESPNet, the student and teacher wrappers, torchvision builders, CARN-M super-resolution, the registry.
 
 Label sets, geometry and the registry are numpy-only and imported eagerly.
 Names that need torch, torchvision or LiteRT are imported on first access
@@ -50,6 +50,7 @@ from cloudtutor.models.registry import (
     Profile,
     build_model,
     build_student,
+    build_superres,
     build_teacher,
     data_root,
     get_model_spec,
@@ -57,7 +58,9 @@ from cloudtutor.models.registry import (
 )
 
 if TYPE_CHECKING:
+    from cloudtutor.models.carn import CARNM, carn_m, upscale_rgb
     from cloudtutor.models.espnet import ESPNet, Stage, flush_denormals_, load_espnet
+    from cloudtutor.models.sr_checkpoint import SrCheckpoint, load_sr_checkpoint, save_sr_checkpoint
     from cloudtutor.models.student import Student
     from cloudtutor.models.teacher import TfliteTeacher, TorchTeacher
     from cloudtutor.models.torchvision_models import (
@@ -68,10 +71,16 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
+    "CARNM": "carn",
+    "carn_m": "carn",
+    "upscale_rgb": "carn",
     "ESPNet": "espnet",
     "Stage": "espnet",
     "flush_denormals_": "espnet",
     "load_espnet": "espnet",
+    "SrCheckpoint": "sr_checkpoint",
+    "load_sr_checkpoint": "sr_checkpoint",
+    "save_sr_checkpoint": "sr_checkpoint",
     "Student": "student",
     "TfliteTeacher": "teacher",
     "TorchTeacher": "teacher",
@@ -115,6 +124,7 @@ __all__ = [
     "apply_lut",
     "build_model",
     "build_student",
+    "build_superres",
     "build_teacher",
     "camvid_to_cityscapes",
     "cityscapes_to_camvid",

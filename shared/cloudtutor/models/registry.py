@@ -11,7 +11,15 @@ name                        framework  weights                                  
 ``deeplabv3-resnet101``     torch      torchvision enum ``COCO_WITH_VOC_LABELS_V1`` voc21
 ``deeplabv3-mobilenet-v3``  torch      torchvision enum ``COCO_WITH_VOC_LABELS_V1`` voc21
 ``torchscript``             torch      any TorchScript ``.pt`` file                given by caller
+``carn-m-x2``               torch      SR checkpoint (``cloudtutor train sr``)     (RGB out)
+``carn-m-x4``               torch      SR checkpoint (``cloudtutor train sr``)     (RGB out)
 ==========================  =========  ==========================================  ============
+
+The ``carn-m-*`` entries are CloudSeg's super-resolution models (role
+``superres``, :func:`build_superres`). No trained file ships under the data
+root: their weights always come from a checkpoint path, and building one
+without weights (random initialisation) needs ``untrained=True``, so that
+an untrained network never stands in for a trained one by accident.
 
 A *profile* fixes a teacher, a student and the label set they share:
 ``cityscapes19`` (TFLite DeepLab teacher, ESPNet student: the benchmark
@@ -53,6 +61,7 @@ __all__ = [
     "Profile",
     "build_model",
     "build_student",
+    "build_superres",
     "build_teacher",
     "data_root",
     "get_model_spec",
@@ -73,11 +82,13 @@ class ModelSpec:
     Attributes:
         name: the registry name.
         framework: ``"torch"`` or ``"tflite"``.
-        source: ``"checkpoint"``, ``"tflite"``, ``"torchvision"`` or ``"torchscript"``.
-        roles: ``"student"`` and/or ``"teacher"``.
+        source: ``"checkpoint"``, ``"tflite"``, ``"torchvision"``, ``"torchscript"``
+            or ``"sr-checkpoint"`` (:mod:`cloudtutor.models.sr_checkpoint`).
+        roles: ``"student"`` and/or ``"teacher"``, or ``"superres"``.
         labels: the label set it outputs (``None``: the caller must say).
         default_file: path under the data root of the default weights, if any.
         normalize: key of :data:`NORMALIZERS` for its input (``None``: by label set).
+        scale: upscaling factor (``superres`` entries only).
     """
 
     name: str
@@ -88,6 +99,7 @@ class ModelSpec:
     default_file: str | None = None
     normalize: str | None = None
     description: str = ""
+    scale: int | None = None
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -118,6 +130,14 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "torchscript", "torch", "torchscript", frozenset({"student", "teacher"}), None,
             None, None, "any TorchScript file (torch.jit.save); give labels= and the weights path",
+        ),
+        ModelSpec(
+            "carn-m-x2", "torch", "sr-checkpoint", frozenset({"superres"}), None,
+            None, None, "CARN-M x2 super-resolution (Ahn et al. 2018; CloudSeg), from a checkpoint", scale=2,
+        ),
+        ModelSpec(
+            "carn-m-x4", "torch", "sr-checkpoint", frozenset({"superres"}), None,
+            None, None, "CARN-M x4 super-resolution (Ahn et al. 2018; CloudSeg), from a checkpoint", scale=4,
         ),
     )
 }
@@ -235,6 +255,13 @@ def build_model(
         from cloudtutor.models.torchvision_models import build_torchvision
 
         return build_torchvision(spec.name, weights, download=download)
+    if spec.source == "sr-checkpoint":
+        if weights is None:
+            raise ValueError(
+                f"model {name!r} has no default weights file: pass weights=PATH (a `cloudtutor train sr` "
+                f"checkpoint), or build_superres({name!r}, untrained=True) for a randomly initialised network"
+            )
+        return build_superres(name, weights)
     if spec.source == "torchscript":
         import torch
 
@@ -320,3 +347,41 @@ def build_teacher(
         threads=num_threads,
     )
 
+
+
+def build_superres(
+    name: str,
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    untrained: bool = False,
+) -> nn.Module:
+    """The super-resolution network of registry entry ``name`` (``"carn-m-x2"``, ``"carn-m-x4"``), eval mode.
+
+    ``weights``: an SR checkpoint (:func:`cloudtutor.models.sr_checkpoint.save_sr_checkpoint`);
+    its scale must be the entry's. Without one, ``untrained=True`` must say
+    that a randomly initialised network is wanted (tests, the start of
+    training): there is no default file to fall back on.
+    """
+    superres = sorted(n for n, s in MODELS.items() if "superres" in s.roles)
+    if name not in MODELS:
+        raise UnknownModelError(f"unknown superres model {name!r}; known superres models: {superres}")
+    spec = MODELS[name]
+    if "superres" not in spec.roles or spec.scale is None:
+        raise ValueError(f"model {name!r} is not registered as a superres model (known: {superres})")
+    if weights is None:
+        if not untrained:
+            raise ValueError(
+                f"model {name!r} has no default weights file: pass weights=PATH (a `cloudtutor train sr` "
+                "checkpoint), or untrained=True for a randomly initialised network"
+            )
+        from cloudtutor.models.carn import carn_m
+
+        return carn_m(spec.scale).eval()
+    if untrained:
+        raise ValueError("pass either weights=PATH or untrained=True, not both")
+    from cloudtutor.models.sr_checkpoint import load_sr_checkpoint
+
+    ckpt = load_sr_checkpoint(weights)
+    if ckpt.scale != spec.scale:
+        raise ValueError(f"{weights}: a x{ckpt.scale} checkpoint, but {name!r} is x{spec.scale}")
+    return ckpt.model
