@@ -110,3 +110,34 @@ def test_both_stages_run_resume_and_learn() -> None:
     # The aware stage needs its proxy.
     with pytest.raises(ValueError, match="proxy"):
         train_steps(TinySR(2), torch.optim.Adam(TinySR(2).parameters()), fs, config, start=30)
+
+
+def test_video_frames_hold_out_the_tail_and_crop_to_the_multiple(data_root) -> None:
+    from cloudtutor.srframes import video_frames
+
+    split = video_frames(data_root / "video/highway-solidWhiteRight-960x540-25fps.mp4", every=5, multiple=64,
+                         held_out=0.25, limit=8)
+    assert len(split.train) == 6 and len(split.held_out) == 2
+    assert all(f.shape == (512, 960, 3) and f.dtype == np.uint8 for f in split.train + split.held_out)
+    # The tail is later in the video than every training frame: different content.
+    assert not any(np.array_equal(split.held_out[0], f) for f in split.train)
+
+
+@pytest.mark.slow
+def test_train_sr_on_real_video_checkpoints_and_resumes(data_root, tmp_path) -> None:
+    from cloudtutor.models.sr_checkpoint import load_sr_checkpoint
+    from cloudtutor.srrun import run_train_sr
+
+    video = data_root / "video/highway-solidWhiteRight-960x540-25fps.mp4"
+    out = tmp_path / "sr.pt"
+    config = SrTrainConfig(scale=2, channels=16, base_steps=3, aware_steps=2, batch_size=2, patch=64,
+                           aware_patch=64, save_every=2)
+    run_train_sr(config, [video], out, every=20)
+    ckpt = load_sr_checkpoint(out)
+    assert ckpt.step == 5 and ckpt.scale == 2 and ckpt.config["proxy"] == "espnet"
+    assert ckpt.optimizer_state  # what a resumed run continues from
+    # More steps continue from step 5; other settings are refused.
+    run_train_sr(config.model_copy(update={"aware_steps": 3}), [video], out, every=20)
+    assert load_sr_checkpoint(out).step == 6
+    with pytest.raises(ValueError, match="lr"):
+        run_train_sr(config.model_copy(update={"lr": 1e-2}), [video], out, every=20)

@@ -55,6 +55,37 @@ def _models_check(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+def _train_sr(args: argparse.Namespace) -> int:
+    import yaml
+
+    from cloudtutor.config.common import LogSettings, default_data_root
+    from cloudtutor.logs import setup_logging
+    from cloudtutor.srrun import run_train_sr
+    from cloudtutor.srtrain import SrTrainConfig
+
+    setup_logging(LogSettings(level="INFO"), "cloudtutor.train.sr")
+    settings = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    for key in ("scale", "base_steps", "aware_steps", "batch_size", "seed"):
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    config = SrTrainConfig.model_validate(settings or {})
+    videos = [Path(v) for v in args.videos] if args.videos else [
+        default_data_root() / "video" / "highway-solidWhiteRight-960x540-25fps.mp4"]
+    missing = [str(v) for v in videos if not v.exists()]
+    if missing:
+        print(f"videos not found: {missing}", file=sys.stderr)
+        return 2
+    try:
+        out = run_train_sr(config, videos, Path(args.out), every=args.every, held_out=args.held_out,
+                           resume=not args.no_resume)
+    except ValueError as exc:
+        print(f"train sr: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from cloudtutor.config.cloud import load_cloud_config
     from cloudtutor.service import serve
@@ -153,6 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     edge = sub.add_parser("edge", help="run the edge agent")
     edge.add_argument("--config", help="YAML file (default: $CLOUDTUTOR_CONFIG)")
     edge.set_defaults(func=_edge)
+
+    train = sub.add_parser("train", help="offline training")
+    train_sub = train.add_subparsers(dest="train_command", required=True)
+    sr = train_sub.add_parser("sr", help="CloudSeg super-resolution: base (L1) then analytics-aware stage")
+    sr.add_argument("--videos", nargs="+", help="videos to cut training frames from (default: the highway video)")
+    sr.add_argument("--out", default="out/sr/carn-m-x4.pt", help="checkpoint (resumed if present; default: out/sr/carn-m-x4.pt)")
+    sr.add_argument("--config", help="YAML file of SrTrainConfig settings (unknown keys are refused)")
+    sr.add_argument("--scale", type=int, choices=(2, 4), help="upscaling factor (default: 4)")
+    sr.add_argument("--base-steps", dest="base_steps", type=int, help="steps of the base stage")
+    sr.add_argument("--aware-steps", dest="aware_steps", type=int, help="steps of the analytics-aware stage")
+    sr.add_argument("--batch-size", dest="batch_size", type=int, help="patches per step")
+    sr.add_argument("--seed", type=int, help="seed")
+    sr.add_argument("--every", type=int, default=10, help="use every N-th frame of the videos (default: 10)")
+    sr.add_argument("--held-out", dest="held_out", type=float, default=0.25,
+                    help="fraction of each video's frames, at its end, kept out of training (default: 0.25)")
+    sr.add_argument("--no-resume", action="store_true", help="start over even if --out exists")
+    sr.set_defaults(func=_train_sr)
 
     models = sub.add_parser("models", help="model utilities")
     models_sub = models.add_subparsers(dest="models_command", required=True)
