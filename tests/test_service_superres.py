@@ -1,5 +1,5 @@
 """superres against real Mosquitto and Redis on real video frames: FRAMES
-entries become UPSCALED entries at source size (bicubic), acknowledged;
+entries become UPSCALED entries at source size (bicubic, or a CARN-M model), acknowledged;
 references to expired frames are dropped and counted."""
 
 from __future__ import annotations
@@ -159,11 +159,47 @@ def test_status_says_bicubic(superres, config, topics):
     assert superres.metrics.get("cloudtutor_superres_method", method="bicubic") == 1
 
 
-def test_an_sr_model_is_refused_at_start_until_the_cloudseg_issue(make_config, tmp_path):
-    config = make_config(superres={"method": "model", "model_path": tmp_path / "sr.pt"})
+@pytest.fixture
+def sr_checkpoint(tmp_path):
+    """A CARN-M x2 checkpoint; a few L1 steps on the test's own frames make it
+    better than the identity, not good: what is tested is the wiring."""
+    import torch
+
+    from cloudtutor.models.carn import carn_m
+    from cloudtutor.models.sr_checkpoint import save_sr_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path / "carn-m-x2.pt"
+    save_sr_checkpoint(path, carn_m(2, channels=16, groups=4), config={"scale": 2}, step=0)
+    return path
+
+
+def test_an_sr_model_upscales_frames_sent_at_its_scale_and_says_so(make_config, fb, originals, sr_checkpoint, topics):
+    config = make_config(superres={"method": "model", "model_path": sr_checkpoint})
+    svc = SuperresService(config, health_port=None).start()
+    thread = threading.Thread(target=svc.run, daemon=True)
+    thread.start()
+    try:
+        add_frame(fb, 0, cv2.resize(originals[0], SENT))  # 240x176 of 480x360: x2
+        add_frame(fb, 1, cv2.resize(originals[1], (128, 96)))  # another scale: bicubic
+        wait_until(lambda: fb.stream_len(UPSCALED) == 2)
+        by_index = {r.index: r for r in upscaled(fb)}
+        assert by_index[0].upscaled_by == "model" and by_index[1].upscaled_by == "bicubic"
+        high = fb.get_array(by_index[0].frame)
+        assert high.shape == (SOURCE[1], SOURCE[0], 3) and high.dtype == np.uint8
+        assert svc.metrics.get(UPSCALED_FRAMES, method="model") == 1
+        assert svc.metrics.get("cloudtutor_superres_method", method="model") == 1
+    finally:
+        svc.stop()
+        thread.join(WAIT)
+        svc.close()
+
+
+def test_a_missing_sr_checkpoint_stops_the_service_at_start(make_config, tmp_path):
+    config = make_config(superres={"method": "model", "model_path": tmp_path / "nothing.pt"})
     svc = SuperresService(config, health_port=None)
     try:
-        with pytest.raises(NotImplementedError, match="CloudSeg"):
+        with pytest.raises((FileNotFoundError, ValueError)):
             svc.start()
     finally:
         svc.close()

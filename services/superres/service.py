@@ -6,11 +6,12 @@ naming the result (``frame``), the method (``upscaled_by``) and the decoded
 frame (``lowres``, for models that use both, CloudSeg §3.2); then it
 acknowledges. Frames whose blob has expired are dropped and counted.
 
-Methods: CloudSeg's CARN-M super-resolution model arrives with the CloudSeg
-issue; until then only ``bicubic`` exists, the fallback CloudSeg compares
-against, and the service says so in its retained status
-(``superres_method``, ``note``) and in its metrics. A frame already at its
-source size passes through as the same blob (``upscaled_by="none"``).
+Methods: ``model``, a CARN-M checkpoint from ``cloudtutor train sr``
+(CloudSeg §3.1), for frames sent at its scale, bicubic for any other; or
+``bicubic`` alone, the fallback CloudSeg compares against, and then the
+service says so in its retained status (``superres_method``, ``note``) and
+in its metrics. A frame already at its source size passes through as the
+same blob (``upscaled_by="none"``).
 
 Every ``claim_every_s`` it also takes over FRAMES entries that a dead
 replica read but never acknowledged (XAUTOCLAIM after ``claim_idle_ms``).
@@ -32,27 +33,29 @@ SECONDS = "cloudtutor_superres_seconds_total"  # {method}: time spent upscaling
 FRAME_MS = "cloudtutor_superres_frame_ms"  # gauge {method}: last frame's upscaling time
 METHOD = "cloudtutor_superres_method"  # gauge {method}: 1 for the method in use
 
-FALLBACK_NOTE = "bicubic fallback: no super-resolution model is configured (CloudSeg issue)"
+FALLBACK_NOTE = "bicubic fallback: no super-resolution model is configured (superres.method: model)"
 
 
 class SuperresService(Service):
-    """FRAMES -> UPSCALED, bicubic until the CloudSeg issue brings the SR model."""
+    """FRAMES -> UPSCALED, by the SR model (CloudSeg) or bicubic."""
 
     name = "superres"
 
     def setup(self) -> None:
         self.settings = self.config.superres
+        self.sr: upscale.SrUpscaler | None = None
         if self.settings.method == "model":
-            raise NotImplementedError(
-                "superres method 'model': the CARN-M super-resolution model arrives with the CloudSeg issue; "
-                "use method 'bicubic' until then",
-            )
-        self.method = upscale.BICUBIC
+            self.sr = upscale.SrUpscaler.from_checkpoint(self.settings.model_path)
+            self.method = upscale.MODEL
+            self.bus.set_status_fields(superres_method=self.method, sr_scale=self.sr.scale)
+            self.log.info("super-resolution model x%d from %s", self.sr.scale, self.settings.model_path)
+        else:
+            self.method = upscale.BICUBIC
+            self.bus.set_status_fields(superres_method=self.method, note=FALLBACK_NOTE)
+            self.log.warning(FALLBACK_NOTE)
         self.metrics.describe(UPSCALED_FRAMES, "Frames written to the upscaled stream, by method (none: passed through).")
         self.metrics.describe(SECONDS, "Seconds spent upscaling, by method.")
         self.metrics.set(METHOD, 1, method=self.method)
-        self.bus.set_status_fields(superres_method=self.method, note=FALLBACK_NOTE)
-        self.log.warning(FALLBACK_NOTE)
         self.fb.ensure_group(FRAMES, self.group)
         self._next_claim = time.monotonic() + self.settings.claim_every_s
         self._claim_cursor = "0-0"
@@ -99,7 +102,7 @@ class SuperresService(Service):
         if out is None:
             return False
         self.fb.add(UPSCALED, out.to_fields())
-        self.metrics.inc(UPSCALED_FRAMES, method=method)
+        self.metrics.inc(UPSCALED_FRAMES, method=out.upscaled_by)
         return True
 
     def _drop_expired(self, entry: StreamEntry) -> None:
@@ -123,7 +126,10 @@ class SuperresService(Service):
             return None
         size = (ref.source_width, ref.source_height)
         started = time.perf_counter()
-        highres = upscale.bicubic(lowres, size)
+        if self.sr is not None:
+            highres, method = self.sr(lowres, size)  # bicubic for frames sent at another scale
+        else:
+            highres = upscale.bicubic(lowres, size)
         elapsed = time.perf_counter() - started
         self.metrics.inc(SECONDS, elapsed, method=method)
         self.metrics.set(FRAME_MS, elapsed * 1000.0, method=method)

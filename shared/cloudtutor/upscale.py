@@ -42,3 +42,45 @@ def bicubic(frame: np.ndarray, size: Size) -> np.ndarray:
         return frame
     # INTER_CUBIC saturates to uint8 itself (no overshoot wrap-around).
     return cv2.resize(np.ascontiguousarray(frame), (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+MODEL = "model"
+
+
+class SrUpscaler:
+    """A trained CARN-M (``cloudtutor train sr``) behind the same call as :func:`bicubic`.
+
+    The model upscales by its own factor; frames sent at another scale
+    (the controller moved the knob) fall back to bicubic, and the caller is
+    told which method ran. The edge rounds sent sizes to macroblocks, so
+    ``LR x scale`` can miss the source size by a few pixels: a bicubic
+    resize of the SR output closes that gap.
+    """
+
+    def __init__(self, model, scale: int, *, threads: int | None = None) -> None:
+        import torch
+
+        self.model = model.eval()
+        self.scale = int(scale)
+        if threads is not None:
+            torch.set_num_threads(threads)
+
+    @classmethod
+    def from_checkpoint(cls, path, **kwargs) -> SrUpscaler:
+        from cloudtutor.models.sr_checkpoint import load_sr_checkpoint
+
+        ckpt = load_sr_checkpoint(path)
+        return cls(ckpt.model, ckpt.scale, **kwargs)
+
+    def matches(self, frame_size: Size, source_size: Size) -> bool:
+        """True when the frame was sent at about this model's scale (within a macroblock)."""
+        (w, h), (sw, sh) = frame_size, source_size
+        return abs(w * self.scale - sw) < 16 * self.scale and abs(h * self.scale - sh) < 16 * self.scale
+
+    def __call__(self, frame: np.ndarray, size: Size) -> tuple[np.ndarray, str]:
+        """(frame at ``size``, method used: ``"model"`` or ``"bicubic"``)."""
+        from cloudtutor.models.carn import upscale_rgb
+
+        if not self.matches((frame.shape[1], frame.shape[0]), size):
+            return bicubic(frame, size), BICUBIC
+        return bicubic(upscale_rgb(self.model, frame), size), MODEL
