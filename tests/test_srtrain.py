@@ -135,6 +135,7 @@ def test_train_sr_on_real_video_checkpoints_and_resumes(data_root, tmp_path) -> 
     run_train_sr(config, [video], out, every=20)
     ckpt = load_sr_checkpoint(out)
     assert ckpt.step == 5 and ckpt.scale == 2 and ckpt.config["proxy"] == "espnet"
+    assert ckpt.config["videos"] == [video.name] and ckpt.config["held_out"] == 0.25
     assert ckpt.optimizer_state  # what a resumed run continues from
     # More steps continue from step 5; other settings are refused.
     run_train_sr(config.model_copy(update={"aware_steps": 3}), [video], out, every=20)

@@ -41,11 +41,13 @@ def run_train_sr(
     torch.set_flush_denormal(True)  # the ESPNet checkpoint's denormals cost 13x (data README)
     model = carn_m(config.scale, channels=config.channels, groups=config.groups)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # What the checkpoint records: the settings and the data (for the bench's "trained on").
+    record = {**config.model_dump(), "videos": [Path(v).name for v in videos], "every": every, "held_out": held_out}
     start = 0
     if resume and out.exists():
         ckpt = load_sr_checkpoint(out)
-        differ = sorted(k for k in set(ckpt.config) | set(config.model_dump())
-                        if k not in _MAY_CHANGE and ckpt.config.get(k) != config.model_dump().get(k))
+        differ = sorted(k for k in set(ckpt.config) | set(record)
+                        if k not in _MAY_CHANGE and ckpt.config.get(k) != record.get(k))
         if differ:
             raise ValueError(f"{out} was trained with other settings ({', '.join(differ)}); "
                              "pass --no-resume or another --out")
@@ -79,7 +81,7 @@ def run_train_sr(
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(step: int) -> None:
-        save_sr_checkpoint(out, model, config=config.model_dump(), step=step, optimizer_state=optimizer.state_dict())
+        save_sr_checkpoint(out, model, config=record, step=step, optimizer_state=optimizer.state_dict())
 
     train_steps(model, optimizer, frames, config, start=start, proxy=proxy,
                 on_step=ProgressLog(total, config.log_every), on_save=save)
