@@ -86,6 +86,26 @@ def _train_sr(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_superres(args: argparse.Namespace) -> int:
+    from cloudtutor.bench.superres import run_bench_superres
+    from cloudtutor.config.common import LogSettings, default_data_root
+    from cloudtutor.logs import setup_logging
+
+    setup_logging(LogSettings(level="INFO"), "cloudtutor.bench")
+    checkpoints = {}
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path).exists():
+            print(f"--model wants NAME=CHECKPOINT of an existing file, got {item!r}", file=sys.stderr)
+            return 2
+        checkpoints[name] = Path(path)
+    video = default_data_root() / "video"
+    videos = [Path(v) for v in args.videos] if args.videos else sorted(video.glob("*.mp4"))
+    report = run_bench_superres(videos, checkpoints, Path(args.out), crf=args.crf, every=args.every, held_out=args.held_out)
+    print((Path(args.out) / "superres.md").read_text())
+    return 0 if report["results"] else 1
+
+
 def _serve(args: argparse.Namespace) -> int:
     from cloudtutor.config.cloud import load_cloud_config
     from cloudtutor.service import serve
@@ -201,6 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fraction of each video's frames, at its end, kept out of training (default: 0.25)")
     sr.add_argument("--no-resume", action="store_true", help="start over even if --out exists")
     sr.set_defaults(func=_train_sr)
+
+    bench = sub.add_parser("bench", help="benchmarks (JSON and a markdown table each)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    bsr = bench_sub.add_parser("superres", help="CloudSeg Table 1: teacher mIoU, PSNR, SSIM and bytes after LR + upscaling")
+    bsr.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT",
+                     help="an SR checkpoint to compare (repeat; e.g. base=out/sr/base-x4.pt aware=out/sr/aware-x4.pt)")
+    bsr.add_argument("--videos", nargs="+", help="videos (default: every video under the data root)")
+    bsr.add_argument("--out", default="out/bench", help="output folder (default: out/bench)")
+    bsr.add_argument("--crf", type=float, default=23.0, help="H.264 CRF of both streams (default: 23)")
+    bsr.add_argument("--every", type=int, default=10, help="every N-th frame (default: 10)")
+    bsr.add_argument("--held-out", dest="held_out", type=float, default=0.25,
+                     help="tail fraction of each video that is evaluated (must match training; default: 0.25)")
+    bsr.set_defaults(func=_bench_superres)
 
     models = sub.add_parser("models", help="model utilities")
     models_sub = models.add_subparsers(dest="models_command", required=True)

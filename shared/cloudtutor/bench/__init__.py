@@ -1,0 +1,1 @@
+"""Benchmarks (`cloudtutor bench SUITE`): each writes JSON and a markdown table."""
