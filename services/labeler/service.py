@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cloudtutor.algorithms.asr import phi_score
-from cloudtutor.framebuffer import HorizonOrderError, StreamEntry
+from cloudtutor.framebuffer import GroupReader, HorizonOrderError, StreamEntry
 from cloudtutor.models.preprocess import resize_labels, resize_rgb, student_size
 from cloudtutor.models.registry import build_teacher
 from cloudtutor.service import Service
@@ -89,31 +89,15 @@ class LabelerService(Service):
         )
         self.num_classes = self.teacher.mapping.num_classes
         self.metrics.describe(TEACHER_SECONDS, "Seconds spent in the teacher.")
-        self.fb.ensure_group(UPSCALED, self.group)
-        self._next_claim = time.monotonic() + self.settings.claim_every_s
-        self._claim_cursor = "0-0"
+        # blob_field: entries whose frame expired are dropped and counted as they are read.
+        self.reader = GroupReader(self.fb, UPSCALED, self.group, self.consumer, count=self.settings.batch_size,
+                                  claim_every_s=self.settings.claim_every_s, blob_field="frame")
 
     def step(self) -> bool:
-        entries = self._reclaimed() + self._read()
+        entries = self.reader.next()
         done = [e.id for e in entries if self._process(e)]
-        self.fb.ack(UPSCALED, self.group, done)  # only after the outputs are written
+        self.reader.ack(done)  # only after the outputs are written
         return bool(entries)
-
-    # -- reading ----------------------------------------------------------------------
-
-    def _read(self) -> list[StreamEntry]:
-        # No blob_field: FrameBuffer's expiry check looks at blob keys and
-        # frames are array keys; _process drops expired ones instead.
-        return self.fb.read(UPSCALED, self.group, self.consumer, count=self.settings.batch_size)
-
-    def _reclaimed(self) -> list[StreamEntry]:
-        """Entries dead replicas left pending, one XAUTOCLAIM pass every claim_every_s."""
-        if time.monotonic() < self._next_claim:
-            return []
-        self._next_claim = time.monotonic() + self.settings.claim_every_s
-        result = self.fb.claim(UPSCALED, self.group, self.consumer, count=self.settings.batch_size, start_id=self._claim_cursor)
-        self._claim_cursor = result.cursor
-        return result.entries
 
     # -- one frame --------------------------------------------------------------------
 

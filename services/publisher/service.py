@@ -42,7 +42,7 @@ import torch
 from cloudtutor import distill
 from cloudtutor.bus import Message
 from cloudtutor.delta import encode_delta, encode_snapshot
-from cloudtutor.framebuffer import StreamEntry
+from cloudtutor.framebuffer import GroupReader, StreamEntry
 from cloudtutor.messages import MessageError, ModelReported, ResyncRequest, decode_json
 from cloudtutor.models.registry import build_model
 from cloudtutor.modelstate import model_id
@@ -85,8 +85,8 @@ class PublisherService(Service):
         self.metrics.describe(COALESCED, "Updates sent inside a delta that also carried a newer one.")
         self.events: queue.Queue[tuple[Callable[[Message], None], Message]] = queue.Queue()
         self.links: dict[str, Link] = self._load_links()
-        self._next_claim = 0.0
-        self.fb.ensure_group(UPDATES, self.group)
+        self.reader = GroupReader(self.fb, UPDATES, self.group, self.consumer, count=50,
+                                  claim_every_s=CLAIM_EVERY_S, claim_count=100, claim_first=True)
         # wait=True: once setup returns, no report or resync request is missed.
         self.bus.subscribe(self.topics.all_devices(Leaf.MODEL_REPORTED),
                            lambda m: self.events.put((self._on_reported, m)), qos=1, wait=True)
@@ -116,13 +116,12 @@ class PublisherService(Service):
 
     def step(self) -> bool:
         did = self._drain_events()
-        entries = self.fb.read(UPDATES, self.group, self.consumer, count=50,
-                               block_ms=0 if did else self.settings.poll_ms)
-        did = self._claim_stale() or did
-        for entry in entries:
+        entries = self.reader.read(block_ms=0 if did else self.settings.poll_ms)
+        stale = self.reader.reclaimed()  # what a dead replica read and never acknowledged
+        did = bool(stale) or did
+        for entry in stale + entries:
             self._on_update_entry(entry)
-        if entries:
-            self.fb.ack(UPDATES, self.group, [e.id for e in entries])
+        self.reader.ack([e.id for e in stale + entries])
         did = self._drain_events() or did
         return self._check_timeouts() or did or bool(entries)
 
@@ -135,18 +134,6 @@ class PublisherService(Service):
                 return did
             handler(message)
             did = True
-
-    def _claim_stale(self) -> bool:
-        """Take over UPDATES entries a dead replica read and never acknowledged."""
-        if time.monotonic() < self._next_claim:
-            return False
-        self._next_claim = time.monotonic() + CLAIM_EVERY_S
-        result = self.fb.claim(UPDATES, self.group, self.consumer)
-        for entry in result.entries:
-            self._on_update_entry(entry)
-        if result.entries:
-            self.fb.ack(UPDATES, self.group, [e.id for e in result.entries])
-        return bool(result.entries)
 
     def _check_timeouts(self) -> bool:
         now = time.time()

@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from cloudtutor import upscale
-from cloudtutor.framebuffer import StreamEntry
+from cloudtutor.framebuffer import GroupReader, StreamEntry
 from cloudtutor.service import Service
 from cloudtutor.streams import FRAMES, UPSCALED, FrameRef, StreamEntryError, frame_blob
 
@@ -56,33 +56,17 @@ class SuperresService(Service):
         self.metrics.describe(UPSCALED_FRAMES, "Frames written to the upscaled stream, by method (none: passed through).")
         self.metrics.describe(SECONDS, "Seconds spent upscaling, by method.")
         self.metrics.set(METHOD, 1, method=self.method)
-        self.fb.ensure_group(FRAMES, self.group)
-        self._next_claim = time.monotonic() + self.settings.claim_every_s
-        self._claim_cursor = "0-0"
+        # blob_field: entries whose frame expired are dropped and counted as they are read.
+        self.reader = GroupReader(self.fb, FRAMES, self.group, self.consumer, count=self.settings.batch_size,
+                                  claim_every_s=self.settings.claim_every_s, blob_field="frame")
 
     def step(self) -> bool:
-        entries = self._reclaimed() + self._read()
+        entries = self.reader.next()
         done = [e.id for e in entries if self._process(e)]
         # Acknowledge only after the outputs are written (a crash before this
         # leaves the entries to be reclaimed, and redoing them is harmless).
-        self.fb.ack(FRAMES, self.group, done)
+        self.reader.ack(done)
         return bool(entries)
-
-    # -- reading ----------------------------------------------------------------------
-
-    def _read(self) -> list[StreamEntry]:
-        # No blob_field here: FrameBuffer's expiry check looks at blob keys
-        # and frames are array keys; _process drops expired ones instead.
-        return self.fb.read(FRAMES, self.group, self.consumer, count=self.settings.batch_size)
-
-    def _reclaimed(self) -> list[StreamEntry]:
-        """Entries dead replicas left pending, one XAUTOCLAIM pass every claim_every_s."""
-        if time.monotonic() < self._next_claim:
-            return []
-        self._next_claim = time.monotonic() + self.settings.claim_every_s
-        result = self.fb.claim(FRAMES, self.group, self.consumer, count=self.settings.batch_size, start_id=self._claim_cursor)
-        self._claim_cursor = result.cursor
-        return result.entries
 
     # -- one frame --------------------------------------------------------------------
 

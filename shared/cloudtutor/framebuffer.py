@@ -45,6 +45,7 @@ Redis >= 7.0 is required (``{ms}-*`` IDs; the deleted-IDs part of XAUTOCLAIM).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -495,10 +496,62 @@ class FrameBuffer:
         self.redis.delete(self.horizon_key(device_id))
 
 
+class GroupReader:
+    """One consumer's reading of a stream: new entries (XREADGROUP) and, once
+    every ``claim_every_s`` wall seconds, one XAUTOCLAIM pass over entries a
+    dead replica read and never acknowledged. The claim cursor carries over
+    between passes, so a long pending list is walked a page at a time.
+    """
+
+    def __init__(
+        self,
+        fb: FrameBuffer,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        count: int,
+        claim_every_s: float,
+        claim_count: int | None = None,
+        blob_field: str | None = None,
+        claim_first: bool = False,
+    ) -> None:
+        self.fb, self.stream, self.group, self.consumer = fb, stream, group, consumer
+        self.count = count
+        self.claim_count = count if claim_count is None else claim_count
+        self.claim_every_s = claim_every_s
+        self.blob_field = blob_field
+        self._next_claim = time.monotonic() + (0.0 if claim_first else claim_every_s)
+        self._cursor = "0-0"
+        fb.ensure_group(stream, group)
+
+    def read(self, block_ms: int | None = None) -> list[StreamEntry]:
+        return self.fb.read(self.stream, self.group, self.consumer, count=self.count, block_ms=block_ms,
+                            blob_field=self.blob_field)
+
+    def reclaimed(self) -> list[StreamEntry]:
+        """Entries dead replicas left pending; empty between passes."""
+        if time.monotonic() < self._next_claim:
+            return []
+        self._next_claim = time.monotonic() + self.claim_every_s
+        result = self.fb.claim(self.stream, self.group, self.consumer, count=self.claim_count,
+                               start_id=self._cursor, blob_field=self.blob_field)
+        self._cursor = result.cursor
+        return result.entries
+
+    def next(self, block_ms: int | None = None) -> list[StreamEntry]:
+        """Reclaimed entries (when a pass is due), then new ones."""
+        return self.reclaimed() + self.read(block_ms)
+
+    def ack(self, ids: Iterable[str]) -> int:
+        return self.fb.ack(self.stream, self.group, ids)
+
+
 __all__ = [
     "ClaimResult",
     "FrameBuffer",
     "FrameBufferError",
+    "GroupReader",
     "HorizonOrderError",
     "HorizonSample",
     "StreamEntry",
