@@ -76,13 +76,39 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path: Path) -> None:
     ckpt = load_sr_checkpoint(path)
     assert isinstance(ckpt.model, CARNM) and not ckpt.model.training
     assert ckpt.config == config and ckpt.step == 42 and ckpt.scale == 2
-    assert ckpt.arch_args == {"scale": 2, "channels": 16, "groups": 4, "shared": True}
+    assert ckpt.arch_args == {"scale": 2, "channels": 16, "groups": 4, "shared": True, "skip": "bicubic"}
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(_batch(2)), ckpt.model(_batch(2)))
     # The optimiser state resumes too, and the file needs nothing but weights_only loading.
     torch.optim.Adam(ckpt.model.parameters(), lr=1e-3).load_state_dict(ckpt.optimizer_state)
     assert torch.load(path, weights_only=True)["format"] == FORMAT
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_untrained_bicubic_skip_is_bicubic_and_mean_skip_is_not(scale: int) -> None:
+    x = _batch(5)
+    bicubic = torch.nn.functional.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        assert torch.equal(carn_m(scale).eval()(x), bicubic)
+        assert not torch.allclose(carn_m(scale, skip="mean").eval()(x), bicubic, atol=1e-2)
+    with pytest.raises(ValueError, match="skip"):
+        carn_m(scale, skip="nearest")
+
+
+def test_version_1_checkpoints_load_as_the_mean_skip(tmp_path: Path) -> None:
+    # Version 1 predates the bicubic skip: its models added only the RGB mean.
+    torch.manual_seed(2)
+    old = carn_m(2, channels=16, skip="mean").eval()
+    path = save_sr_checkpoint(tmp_path / "v1.pt", old, config={}, step=3)
+    data = torch.load(path, weights_only=True)
+    data["version"] = 1
+    del data["arch_args"]["skip"]
+    torch.save(data, path)
+    ckpt = load_sr_checkpoint(path)
+    assert ckpt.arch_args["skip"] == "mean"
+    with torch.no_grad():
+        assert torch.equal(ckpt.model(_batch()), old(_batch()))
 
 
 def test_save_checks_config_and_model(tmp_path: Path) -> None:

@@ -63,16 +63,42 @@ def test_downscale_sizes_and_refuses_odd_sizes() -> None:
 
 def test_patches_are_seeded_cropped_and_carry_targets() -> None:
     fs = frames(labels=True)
-    a, ta = sample_patches(fs, 32, 4, np.random.default_rng(5))
-    b, tb = sample_patches(fs, 32, 4, np.random.default_rng(5))
+    pa = sample_patches(fs, 32, 4, np.random.default_rng(5), 2)
+    pb = sample_patches(fs, 32, 4, np.random.default_rng(5), 2)
+    a, ta = pa.hr, pa.targets
     assert a.shape == (4, 3, 32, 32) and ta.shape == (4, 32, 32) and ta.dtype == torch.long
-    assert torch.equal(a, b) and torch.equal(ta, tb)
+    assert pa.lr.shape == (4, 3, 16, 16)
+    assert torch.equal(a, pb.hr) and torch.equal(ta, pb.targets)
     assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
     # Targets follow their image through crops and flips: here label = red // 64.
     assert torch.equal(ta, (a[:, 0] * 255).round().long() // 64)
-    assert sample_patches(frames(), 32, 2, np.random.default_rng(0))[1] is None
+    assert sample_patches(frames(), 32, 2, np.random.default_rng(0), 2).targets is None
     with pytest.raises(ValueError, match="smaller than"):
-        sample_patches(fs, 128, 1, np.random.default_rng(0))
+        sample_patches(fs, 128, 1, np.random.default_rng(0), 2)
+    with pytest.raises(ValueError, match="multiple of scale"):
+        sample_patches(fs, 30, 1, np.random.default_rng(0), 4)
+
+
+def test_lr_patches_are_cut_from_the_lr_frame_in_register() -> None:
+    # HR pixel value encodes its position; the LR frame is an exact 4x
+    # subsample, so an aligned LR patch equals the HR patch's subsample (from
+    # the block's other edge when the pair was flipped: a block's LR pixel
+    # flips with it).
+    h, w, s = 64, 96, 4
+    yy, xx = np.mgrid[0:h, 0:w]
+    hr = np.stack([yy * 3, xx * 2, (yy + xx) % 256], axis=-1).astype(np.uint8)
+    lr = np.ascontiguousarray(hr[::s, ::s])
+    fs = [TrainFrame(hr, None, lr)]
+    batch = sample_patches(fs, 32, 16, np.random.default_rng(3), s)
+    flips = 0
+    for lr_patch, hr_patch in zip(batch.lr, batch.hr):
+        plain = torch.equal(lr_patch, hr_patch[:, ::s, ::s])
+        flipped = torch.equal(lr_patch, hr_patch[:, ::s, s - 1::s])
+        assert plain or flipped
+        flips += flipped
+    assert 0 < flips < len(batch.lr)
+    with pytest.raises(ValueError, match="not 96x64 / 4"):
+        sample_patches([TrainFrame(hr, None, lr[:-1])], 32, 1, np.random.default_rng(0), s)
 
 
 def test_espnet_input_is_the_numpy_normalisation() -> None:
@@ -97,7 +123,7 @@ def test_both_stages_run_resume_and_learn() -> None:
                            lr=3e-3, save_every=10)
     fs = frames(labels=True)
     model = TinySR(2)
-    hr, _ = sample_patches(fs, 32, 8, np.random.default_rng(99))
+    hr = sample_patches(fs, 32, 8, np.random.default_rng(99), 2).hr
     before = psnr(model(downscale(hr, 2)), hr)
     saved: list[int] = []
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)

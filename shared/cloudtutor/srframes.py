@@ -16,6 +16,10 @@ import numpy as np
 from cloudtutor.srtrain import TrainFrame
 from cloudtutor.video import read_frames
 
+# The edge encodes a chunk at a time; long runs of frames go through the
+# codec in chunks of this many (one IDR each), as a sampled chunk would.
+CHUNK_FRAMES = 30
+
 
 @dataclass
 class FrameSplit:
@@ -47,17 +51,49 @@ def video_frames(
     return FrameSplit(frames[:cut], frames[cut:])
 
 
-def with_targets(frames: Sequence[np.ndarray], teacher, lut: np.ndarray | None) -> list[TrainFrame]:
+def edge_low_res(frames: Sequence[np.ndarray], scale: int, crf: float | None) -> tuple[list[np.ndarray], int]:
+    """The LR frames the cloud receives for ``frames``: resized by ``scale``
+    as the edge does (``preprocess.resize_rgb``, antialiased bilinear), then
+    through real H.264 at ``crf`` (``None``: no codec). Returns the decoded
+    frames and the bytes the chunks took."""
+    from cloudtutor.h264 import EncodeSettings, decode_chunk, encode_chunk
+    from cloudtutor.models.preprocess import resize_rgb
+
+    if not frames:
+        return [], 0
+    h, w = frames[0].shape[:2]
+    if h % scale or w % scale:
+        raise ValueError(f"frame {w}x{h} is not a multiple of scale {scale}")
+    low = [resize_rgb(f, (w // scale, h // scale)) for f in frames]
+    if crf is None:
+        return low, 0
+    decoded: list[np.ndarray] = []
+    size = 0
+    for start in range(0, len(low), CHUNK_FRAMES):
+        part = low[start:start + CHUNK_FRAMES]
+        data = encode_chunk(part, EncodeSettings(crf=crf))
+        size += len(data)
+        decoded.extend(decode_chunk(data, expect_frames=len(part)))
+    return decoded, size
+
+
+def with_targets(
+    frames: Sequence[np.ndarray], teacher, lut: np.ndarray | None, low: Sequence[np.ndarray] | None = None,
+) -> list[TrainFrame]:
     """Attach the teacher's labels of each HR frame, mapped to the proxy's
-    channels by ``lut`` (``distill.target_lut``); None leaves them off."""
+    channels by ``lut`` (``distill.target_lut``), and its LR frame from
+    ``low``; ``teacher=None`` leaves the labels off."""
+    if low is not None and len(low) != len(frames):
+        raise ValueError(f"{len(low)} LR frames for {len(frames)} HR frames")
     out = []
-    for rgb in frames:
+    for i, rgb in enumerate(frames):
+        lr = None if low is None else low[i]
         if teacher is None:
-            out.append(TrainFrame(rgb, None))
+            out.append(TrainFrame(rgb, None, lr))
             continue
         labels = teacher.predict_at(rgb, (rgb.shape[1], rgb.shape[0]))
-        out.append(TrainFrame(rgb, labels if lut is None else lut[labels]))
+        out.append(TrainFrame(rgb, labels if lut is None else lut[labels], lr))
     return out
 
 
-__all__ = ["FrameSplit", "crop_to_multiple", "video_frames", "with_targets"]
+__all__ = ["CHUNK_FRAMES", "FrameSplit", "crop_to_multiple", "edge_low_res", "video_frames", "with_targets"]

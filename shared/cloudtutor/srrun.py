@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from cloudtutor.srframes import video_frames, with_targets
+from cloudtutor.srframes import edge_low_res, video_frames, with_targets
 from cloudtutor.srtrain import ProgressLog, SrTrainConfig, train_steps
 
 log = logging.getLogger("cloudtutor.train.sr")
@@ -39,7 +39,7 @@ def run_train_sr(
 
     torch.manual_seed(config.seed)
     torch.set_flush_denormal(True)  # the ESPNet checkpoint's denormals cost 13x (data README)
-    model = carn_m(config.scale, channels=config.channels, groups=config.groups)
+    model = carn_m(config.scale, channels=config.channels, groups=config.groups, skip=config.skip)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     # What the checkpoint records: the settings and the data (for the bench's "trained on").
     record = {**config.model_dump(), "videos": [Path(v).name for v in videos], "every": every, "held_out": held_out}
@@ -61,12 +61,14 @@ def run_train_sr(
         log.info("%s is already trained (%d steps)", out, start)
         return out
 
-    multiple = 8 * config.scale
-    hr = []
+    multiple = 16 * config.scale  # the LR frame is encoded: multiples of 16
+    hr, low = [], []
     for video in videos:
         split = video_frames(video, every=every, multiple=multiple, held_out=held_out)
         log.info("%s: %d training frames, %d held out", Path(video).name, len(split.train), len(split.held_out))
         hr.extend(split.train)
+        low.extend(edge_low_res(split.train, config.scale, config.crf)[0])
+    log.info("LR training frames: resized by %d and through H.264 at CRF %s", config.scale, config.crf)
     teacher, proxy, lut = None, None, None
     if config.aware_steps > 0 and start < total:
         from cloudtutor.distill import target_lut
@@ -77,7 +79,7 @@ def run_train_sr(
         lut = target_lut(get_label_mapping("cityscapes19"))
         proxy = frozen_proxy(config.proxy)
         log.info("teacher labels for %d frames (targets of the analytics-aware stage)", len(hr))
-    frames = with_targets(hr, teacher, lut)
+    frames = with_targets(hr, teacher, lut, low)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(step: int) -> None:

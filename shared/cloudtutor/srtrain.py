@@ -2,9 +2,12 @@
 
 Two stages, as CloudSeg §3.1 describes:
 
-1. **base**: (LR, HR) patch pairs cut from any unlabeled frames (the LR
-   patch is the HR patch downscaled by ``scale``, bicubic with
-   antialiasing, as the edge's encoder input would be), random flips, L1 loss;
+1. **base**: (LR, HR) patch pairs cut from any unlabeled frames, random
+   flips, L1 loss. The LR frame is made the way the edge makes it: resized
+   by ``scale`` and sent through real H.264 at ``crf``
+   (:func:`cloudtutor.srframes.edge_low_res`), so the model learns to undo
+   the codec's artefacts as well as the missing resolution (``crf: null``
+   trains on clean resized frames instead);
 2. **analytics-aware**: larger patches, and the loss adds the analytics
    model's disagreement between HR and SR: cross-entropy of a frozen
    segmentation network on the SR patch against the teacher's labels of the
@@ -47,6 +50,10 @@ class SrTrainConfig(BaseModel):
     scale: Literal[2, 4] = Field(4, description="Upscaling factor the model learns (the edge's `scale` knob).")
     channels: int = Field(64, ge=8, le=256, description="CARN-M width.")
     groups: int = Field(4, ge=1, description="Group-convolution groups of CARN-M.")
+    skip: Literal["bicubic", "mean"] = Field(
+        "bicubic", description="CARN-M global skip: residual over bicubic (starts as bicubic) or the paper's mean shift.")
+    crf: float | None = Field(
+        23.0, ge=0, le=51, description="H.264 CRF the LR training frames go through (the edge's); null = no codec.")
     base_steps: int = Field(400, ge=0, description="Adam steps of the base (L1) stage.")
     aware_steps: int = Field(150, ge=0, description="Adam steps of the analytics-aware stage.")
     batch_size: int = Field(8, ge=1, description="Patches per step.")
@@ -62,10 +69,12 @@ class SrTrainConfig(BaseModel):
 
 @dataclass
 class TrainFrame:
-    """An HR frame and (for the aware stage) the teacher's labels of it, in the proxy's target channels."""
+    """An HR frame, (for the aware stage) the teacher's labels of it in the
+    proxy's target channels, and optionally the LR frame the edge would send."""
 
     rgb: np.ndarray  # HxWx3 uint8
     targets: np.ndarray | None  # HxW uint8, IGNORE where unlabeled
+    lr: np.ndarray | None = None  # (H/scale)x(W/scale)x3 uint8; None: bicubic downscale of the patch
 
 
 # ---------------------------------------------------------------- patches
@@ -79,29 +88,56 @@ def downscale(hr: Tensor, scale: int) -> Tensor:
     return F.interpolate(hr, size=(h // scale, w // scale), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
 
 
+@dataclass
+class PatchBatch:
+    """A training batch: LR and HR patches (N x 3 x p x p in [0, 1]) and, if every frame has them, targets."""
+
+    lr: Tensor
+    hr: Tensor
+    targets: Tensor | None
+
+
+def _batch(arrays: list[np.ndarray]) -> Tensor:
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
 def sample_patches(
-    frames: Sequence[TrainFrame], patch: int, batch: int, rng: np.random.Generator,
-) -> tuple[Tensor, Tensor | None]:
-    """``batch`` random HR patches (N x 3 x p x p in [0, 1]), with random
-    horizontal flips, and their target patches if every frame has targets."""
-    images, targets = [], []
+    frames: Sequence[TrainFrame], patch: int, batch: int, rng: np.random.Generator, scale: int,
+) -> PatchBatch:
+    """``batch`` random aligned (LR, HR) patch pairs with random horizontal
+    flips. Frames without an LR frame get a bicubic downscale of the HR patch."""
+    if patch % scale:
+        raise ValueError(f"patch {patch} is not a multiple of scale {scale}")
+    lows, images, targets = [], [], []
     for _ in range(batch):
         frame = frames[int(rng.integers(len(frames)))]
         h, w = frame.rgb.shape[:2]
         if h < patch or w < patch:
             raise ValueError(f"frame {w}x{h} is smaller than the {patch}px patch")
-        y, x = int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
+        # Corners on the LR grid, so the LR patch covers exactly the HR patch.
+        y = int(rng.integers((h - patch) // scale + 1)) * scale
+        x = int(rng.integers((w - patch) // scale + 1)) * scale
         img = frame.rgb[y:y + patch, x:x + patch]
+        low = None
+        if frame.lr is not None:
+            if frame.lr.shape[:2] != (h // scale, w // scale):
+                raise ValueError(f"LR frame {frame.lr.shape[1]}x{frame.lr.shape[0]} is not {w}x{h} / {scale}")
+            low = frame.lr[y // scale:(y + patch) // scale, x // scale:(x + patch) // scale]
         tgt = None if frame.targets is None else frame.targets[y:y + patch, x:x + patch]
         if rng.random() < 0.5:  # street scenes are left-right symmetric, not up-down
             img = img[:, ::-1]
+            low = None if low is None else low[:, ::-1]
             tgt = None if tgt is None else tgt[:, ::-1]
         images.append(np.ascontiguousarray(img))
+        lows.append(None if low is None else np.ascontiguousarray(low))
         targets.append(None if tgt is None else np.ascontiguousarray(tgt))
-    x_hr = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    if any(t is None for t in targets):
-        return x_hr, None
-    return x_hr, torch.from_numpy(np.stack(targets)).long()
+    hr = _batch(images)
+    if any(low is None for low in lows):
+        lr = downscale(hr, scale)
+    else:
+        lr = _batch(lows)  # type: ignore[arg-type]
+    target = None if any(t is None for t in targets) else torch.from_numpy(np.stack(targets)).long()
+    return PatchBatch(lr, hr, target)
 
 
 # ---------------------------------------------------------------- losses
@@ -158,8 +194,9 @@ def train_steps(
     for step in range(start, total):
         rng = np.random.default_rng([config.seed, step])
         aware = step >= config.base_steps
-        hr, targets = sample_patches(frames, config.aware_patch if aware else config.patch, config.batch_size, rng)
-        sr = model(downscale(hr, config.scale))
+        b = sample_patches(frames, config.aware_patch if aware else config.patch, config.batch_size, rng, config.scale)
+        hr, targets = b.hr, b.targets
+        sr = model(b.lr)
         l1 = F.l1_loss(sr, hr)
         loss, a = l1, None
         if aware and config.aware_weight > 0:
@@ -209,6 +246,7 @@ class ProgressLog:
 
 
 __all__ = [
+    "PatchBatch",
     "ProgressLog",
     "SrTrainConfig",
     "StepLog",

@@ -2,8 +2,9 @@
 
 For each video's held-out frames (the tail the SR models never trained on)
 and each scale with a checkpoint: the frames go down by ``scale`` and
-through real H.264 (one chunk, the CRF the edge uses), come back up by
-bilinear, bicubic, and each SR checkpoint, and are scored by
+through real H.264 exactly as the edge sends them
+(:func:`cloudtutor.srframes.edge_low_res`), come back up by bilinear,
+bicubic, and each SR checkpoint, and are scored by
 
 * the teacher's mIoU against the teacher on the original frames (the
   reference, as the demo scores the edge), and the share of the
@@ -11,6 +12,9 @@ bilinear, bicubic, and each SR checkpoint, and are scored by
 * PSNR and SSIM against the original;
 * bytes per frame of the LR chunk and of the full-resolution chunk at the same CRF;
 * upscaling time per frame on this CPU.
+
+Each row says whether the video was one the SR models trained on (then
+only its held-out tail is scored) or an unseen video.
 """
 
 from __future__ import annotations
@@ -28,8 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from cloudtutor.accuracy import frame_miou
-from cloudtutor.h264 import EncodeSettings, decode_chunk, encode_chunk
-from cloudtutor.srframes import video_frames
+from cloudtutor.srframes import edge_low_res, video_frames
 
 log = logging.getLogger("cloudtutor.bench.superres")
 
@@ -63,13 +66,9 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(s.mean())
 
 
-def _through_h264(frames: Sequence[np.ndarray], crf: float) -> tuple[list[np.ndarray], int]:
-    data = encode_chunk(list(frames), EncodeSettings(crf=crf))
-    return decode_chunk(data, expect_frames=len(frames)), len(data)
-
-
 def bench_video(
     video: Path, scale: int, checkpoints: Mapping[str, Any], teacher, *, crf: float, every: int, held_out: float,
+    trained: bool = True,
 ) -> dict[str, Any]:
     """One video at one scale; ``checkpoints`` maps a method name to a loaded SR model."""
     from cloudtutor.models.carn import upscale_rgb
@@ -79,9 +78,8 @@ def bench_video(
     if not originals:
         raise ValueError(f"{video}: no held-out frames (raise --held-out or lower --every)")
     h, w = originals[0].shape[:2]
-    low = [cv2.resize(f, (w // scale, h // scale), interpolation=cv2.INTER_AREA) for f in originals]
-    decoded, lr_bytes = _through_h264(low, crf)
-    _, hr_bytes = _through_h264(originals, crf)
+    decoded, lr_bytes = edge_low_res(originals, scale, crf)
+    _, hr_bytes = edge_low_res(originals, 1, crf)
     references = [teacher.predict(f) for f in originals]
     methods: dict[str, Any] = {
         "bilinear": lambda x: cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR),
@@ -113,6 +111,7 @@ def bench_video(
         row["bicubic_gap_closed"] = None if bicubic >= 1 else round((row["teacher_miou"] - bicubic) / (1 - bicubic), 4)
     return {
         "video": video.name, "scale": scale, "frames": len(originals), "size": [w, h], "crf": crf,
+        "split": "held-out tail of a training video" if trained else "unseen video",
         "bytes_per_frame": {"low_res": round(lr_bytes / len(originals)), "full_res": round(hr_bytes / len(originals))},
         "methods": rows,
     }
@@ -124,21 +123,22 @@ def markdown(report: Mapping[str, Any]) -> str:
         "Teacher mIoU against the teacher on the original frames (held-out frames only), after downscaling, "
         "H.264 at one CRF and upscaling; gap closed = share of the bicubic-to-original mIoU gap.", "",
         f"Training videos of the SR models: {', '.join(report['trained_on'])}.", "",
-        "| video | scale | method | teacher mIoU | gap closed | PSNR dB | SSIM | ms/frame | bytes/frame LR / full |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| video | frames | scale | CRF | method | teacher mIoU | gap closed | PSNR dB | SSIM | ms/frame | bytes/frame LR / full |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         b = r["bytes_per_frame"]
         for name, m in r["methods"].items():
             gap = "n/a" if m["bicubic_gap_closed"] is None else f"{100 * m['bicubic_gap_closed']:+.1f}%"
-            lines.append(f"| {r['video']} | x{r['scale']} | {name} | {100 * m['teacher_miou']:.1f} | {gap} | "
+            split = "trained (held-out tail)" if r["split"].startswith("held-out") else "unseen"
+            lines.append(f"| {r['video']} | {split} | x{r['scale']} | {r['crf']:g} | {name} | {100 * m['teacher_miou']:.1f} | {gap} | "
                          f"{m['psnr_db']:.2f} | {m['ssim']:.3f} | {m['ms_per_frame']:.1f} | {b['low_res']} / {b['full_res']} |")
     return "\n".join(lines) + "\n"
 
 
 def run_bench_superres(
-    videos: Sequence[Path], checkpoints: Mapping[str, Path], out: Path, *, crf: float = 23.0, every: int = 10,
-    held_out: float = 0.25,
+    videos: Sequence[Path], checkpoints: Mapping[str, Path], out: Path, *, crfs: Sequence[float] = (23.0,),
+    every: int = 10, held_out: float = 0.25,
 ) -> dict[str, Any]:
     """``checkpoints``: method name -> SR checkpoint; grouped by their scale."""
     from cloudtutor.models.registry import build_teacher
@@ -152,7 +152,9 @@ def run_bench_superres(
     for scale in scales:
         models = {name: c.model for name, c in loaded.items() if c.scale == scale}
         for video in videos:
-            results.append(bench_video(Path(video), scale, models, teacher, crf=crf, every=every, held_out=held_out))
+            for crf in crfs:
+                results.append(bench_video(Path(video), scale, models, teacher, crf=crf, every=every,
+                                           held_out=held_out, trained=Path(video).name in trained_on))
     report = {"schema": SCHEMA, "trained_on": trained_on, "checkpoints": {k: str(v) for k, v in checkpoints.items()},
               "results": results}
     out.mkdir(parents=True, exist_ok=True)

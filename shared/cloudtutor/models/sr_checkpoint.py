@@ -9,7 +9,7 @@ key                    value
                        other torch pickle (a bare state dict, an ESPNet file)
 ``version``            :data:`VERSION`
 ``arch``               ``"carn-m"``
-``arch_args``          :meth:`CARNM.arch_args`: scale, channels, groups, shared
+``arch_args``          :meth:`CARNM.arch_args`: scale, channels, groups, shared, skip
 ``state_dict``         the model's weights
 ``config``             the training configuration (a plain dict)
 ``step``               optimiser steps taken so far
@@ -40,11 +40,11 @@ from cloudtutor.models.carn import CARNM, carn_m
 __all__ = ["ARCH", "FORMAT", "VERSION", "SrCheckpoint", "load_sr_checkpoint", "save_sr_checkpoint"]
 
 FORMAT = "cloudtutor-sr-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: arch_args has "skip" (version 1 models are skip="mean")
 ARCH = "carn-m"
 
 # Keys of ``config`` that also describe the architecture: they must agree with the model.
-_ARCH_KEYS = ("scale", "channels", "groups")
+_ARCH_KEYS = ("scale", "channels", "groups", "skip")
 
 
 @dataclass
@@ -166,6 +166,8 @@ def load_sr_checkpoint(path: str | os.PathLike[str]) -> SrCheckpoint:
         raise ValueError(f"{path}: SR checkpoint of architecture {data.get('arch')!r}; only {ARCH!r} is known")
     try:
         arch_args = dict(data["arch_args"])
+        if version < 2:
+            arch_args.setdefault("skip", "mean")
         model = carn_m(**arch_args)
         model.load_state_dict(data["state_dict"], strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:  # RuntimeError: missing/unexpected/mis-shaped weights
