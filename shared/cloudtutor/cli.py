@@ -65,7 +65,7 @@ def _train_sr(args: argparse.Namespace) -> int:
 
     setup_logging(LogSettings(level="INFO"), "cloudtutor.train.sr")
     settings = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-    for key in ("scale", "base_steps", "aware_steps", "batch_size", "seed"):
+    for key in ("scale", "base_steps", "aware_steps", "batch_size", "seed", "crf", "aware_weight"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -101,7 +101,8 @@ def _bench_superres(args: argparse.Namespace) -> int:
         checkpoints[name] = Path(path)
     video = default_data_root() / "video"
     videos = [Path(v) for v in args.videos] if args.videos else sorted(video.glob("*.mp4"))
-    report = run_bench_superres(videos, checkpoints, Path(args.out), crf=args.crf, every=args.every, held_out=args.held_out)
+    report = run_bench_superres(videos, checkpoints, Path(args.out), crfs=args.crf, every=args.every,
+                                held_out=args.held_out)
     print((Path(args.out) / "superres.md").read_text())
     return 0 if report["results"] else 1
 
@@ -216,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--aware-steps", dest="aware_steps", type=int, help="steps of the analytics-aware stage")
     sr.add_argument("--batch-size", dest="batch_size", type=int, help="patches per step")
     sr.add_argument("--seed", type=int, help="seed")
+    sr.add_argument("--crf", type=float, help="H.264 CRF the LR training frames go through (default: 23)")
+    sr.add_argument("--aware-weight", dest="aware_weight", type=float,
+                    help="weight of the analytics loss against L1 (default: 0.1)")
     sr.add_argument("--every", type=int, default=10, help="use every N-th frame of the videos (default: 10)")
     sr.add_argument("--held-out", dest="held_out", type=float, default=0.25,
                     help="fraction of each video's frames, at its end, kept out of training (default: 0.25)")
@@ -229,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an SR checkpoint to compare (repeat; e.g. base=out/sr/base-x4.pt aware=out/sr/aware-x4.pt)")
     bsr.add_argument("--videos", nargs="+", help="videos (default: every video under the data root)")
     bsr.add_argument("--out", default="out/bench", help="output folder (default: out/bench)")
-    bsr.add_argument("--crf", type=float, default=23.0, help="H.264 CRF of both streams (default: 23)")
+    bsr.add_argument("--crf", type=float, nargs="+", default=[23.0],
+                     help="H.264 CRF(s) of both streams, one row set per CRF (default: 23)")
     bsr.add_argument("--every", type=int, default=10, help="every N-th frame (default: 10)")
     bsr.add_argument("--held-out", dest="held_out", type=float, default=0.25,
                      help="tail fraction of each video that is evaluated (must match training; default: 0.25)")
