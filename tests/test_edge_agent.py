@@ -197,7 +197,11 @@ def test_agent_streams_decodable_chunks_and_labels_every_processed_frame(make_co
     assert len(unique) == summary["chunks_published"] == summary["chunks_acked"] == 3
     pts = [t for seq in sorted(unique) for t in unique[seq].frame_pts_ms]
     assert pts == [0, 533, 1000, 1533, 2000, 2533]  # 2 fps on a 15 fps grid, split per second
-    assert summary["samples"] == len(pts)
+    assert summary["samples"] == len(pts) and summary["skipped_frames"] == 0
+    # The 2-level selector: the first frame has no reference and is KEY; the
+    # rest of this clip changes enough to be useful, not enough to be key.
+    assert [k for seq in sorted(unique) for k in unique[seq].key_frames] == [True] + [False] * 5
+    assert summary["key_frames"] == 1
     for header, frames in cloud.chunks:
         assert frames == len(header.frame_pts_ms)  # the H.264 holds the announced frames
         assert header.boot_id == agent.boot_id and header.device_id == device_id
@@ -226,6 +230,21 @@ def test_agent_streams_decodable_chunks_and_labels_every_processed_frame(make_co
     final = cloud.wait_for("telemetry", uplink_bytes=summary["uplink_bytes"])  # the last one, at the end
     assert final["model_version"] == 0 and final["video_ms"] == 2933 and final["queue_depth"] == 0
     print(f"agent run: {elapsed:.1f} s wall for 3 s of video; {summary}")
+
+
+def test_frame_selector_drops_stale_frames_with_thresholds_from_control_state(make_config, cloud, topics, device_id):
+    # Thresholds at the top of their range: nothing after the first frame is
+    # "changed enough", so the selector skips every later proposal.
+    knobs = Knobs(**{**KNOBS, "key_threshold": 1.0, "useful_threshold": 1.0})
+    cloud.bus.publish(topics.control_state(device_id), ControlState(knobs=knobs, version=1).to_bytes(),
+                      qos=1, retain=True, wait=True)
+    agent = EdgeAgent(make_config())
+    assert agent.run() == 0
+    summary = agent.summary()
+    cloud.wait(lambda: len(cloud.chunks) >= 1, what="chunk")
+    headers = {h.seq: h for h, _ in cloud.chunks}
+    assert len(headers) == 1 and headers[0].frame_pts_ms == [0] and headers[0].key_frames == [True]
+    assert summary["samples"] == 6 and summary["skipped_frames"] == 5 and summary["key_frames"] == 1
 
 
 def test_unacked_chunk_is_resent_and_kept_in_the_spool(make_config, cloud):

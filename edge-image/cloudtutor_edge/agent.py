@@ -6,8 +6,11 @@ A thin loop around the pure parts in this package:
   video-time timestamps, paced against wall time by ``speed``;
 * the active student labels every frame the ``infer_fps`` gate passes, and
   each label map goes to the label sink;
-* the ``sample_fps`` gate picks frames for the cloud; they are downscaled
-  by ``scale`` and buffered per ``t_update_s`` window
+* the ``sample_fps`` gate proposes frames for the cloud and CloudSeg's
+  2-level frame selector (brief §10.6) tags each KEY or USEFUL, or drops it
+  as stale (thresholds ``key_threshold`` / ``useful_threshold`` from
+  ``control/state``); sent frames are downscaled by ``scale`` and buffered
+  per ``t_update_s`` window
   (:class:`~cloudtutor_edge.sampler.SampleBuffer`); each closed window goes
   to the :class:`~cloudtutor_edge.uplink.Uplink` (encode, spool, publish,
   resend until ``chunks/ack``);
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudtutor import __version__
+from cloudtutor.algorithms.frameselect import FrameClass, FrameSelector
 from cloudtutor.bus import Bus, BusError, Message
 from cloudtutor.clock import VideoClock
 from cloudtutor.config.edge import EdgeConfig
@@ -78,7 +82,8 @@ class _M:
     FRAMES = "cloudtutor_edge_frames_total"  # decoded
     INFERENCES = "cloudtutor_edge_inferences_total"  # labelled by the student
     INFER_SECONDS = "cloudtutor_edge_inference_seconds_total"
-    SAMPLES = "cloudtutor_edge_samples_total"
+    SAMPLES = "cloudtutor_edge_samples_total"  # proposed by the sample_fps gate
+    SELECTED = "cloudtutor_edge_frames_selected_total"  # {cls}: key, useful, skip (2-level selector)
     SWAPS = "cloudtutor_edge_model_swaps_total"
     MODEL_VERSION = "cloudtutor_edge_model_version"
     REJECTED = "cloudtutor_edge_rejected_total"  # {what, reason}: malformed control/ack messages
@@ -154,6 +159,9 @@ class EdgeAgent:
         self.bus: Bus | None = None
         self.model_id = ""
         self._rates = FrameRateEstimator()
+        knobs = self._knobs
+        self.selector = FrameSelector(knobs.key_threshold, knobs.useful_threshold)
+        self._selector_source: str | None = None
         self._last_pts = 0
         self._sent_through_ms = 0  # video time up to which chunks have been handed to the uplink
         self._warned_mode = False
@@ -242,6 +250,7 @@ class EdgeAgent:
         infer_gate, sample_gate = RateGate(knobs.infer_fps), RateGate(knobs.sample_fps)
         buffer = SampleBuffer(knobs.t_update_s)
         self._buffer = buffer
+        self.selector.set_thresholds(knobs.key_threshold, knobs.useful_threshold)
         pacer = Pacer(config.speed)
         self._period = _Period(time.monotonic())
         next_report = time.monotonic() + config.telemetry_every_s
@@ -257,6 +266,7 @@ class EdgeAgent:
                     infer_gate.set_rate(knobs.infer_fps)
                     sample_gate.set_rate(knobs.sample_fps)
                     buffer.set_period(knobs.t_update_s)
+                    self.selector.set_thresholds(knobs.key_threshold, knobs.useful_threshold)
                 if self.slot.swap_if_ready():
                     self.metrics.inc(_M.SWAPS)
                     self.metrics.set(_M.MODEL_VERSION, self.slot.active_version)
@@ -318,14 +328,27 @@ class EdgeAgent:
                 self.sink.write(pts, version, labels)
         taken = None
         if sample:
-            height, width = frame.rgb.shape[:2]
-            size = sent_size((width, height), knobs.scale)
-            fmt = ChunkFormat(frame.source, (width, height), size, knobs.crf)
-            taken = Sample(pts, resize_rgb(frame.rgb, size), fmt, self.slot.active_version)
             self.metrics.inc(_M.SAMPLES)
+            cls = self._select(frame)
+            if cls.sent:
+                height, width = frame.rgb.shape[:2]
+                size = sent_size((width, height), knobs.scale)
+                fmt = ChunkFormat(frame.source, (width, height), size, knobs.crf)
+                taken = Sample(pts, resize_rgb(frame.rgb, size), fmt, self.slot.active_version,
+                               key=cls is FrameClass.KEY)
         for batch in buffer.push(pts, taken):
             self.uplink.submit(batch, round(self._rates.fps(batch.fmt.source), 3))
             self._sent_through_ms = pts
+
+    def _select(self, frame: Frame) -> FrameClass:
+        """The 2-level selector's class of a proposed frame. A new source
+        (the next chained video) starts a new reference: its first frame is KEY."""
+        if frame.source != self._selector_source:
+            self.selector.reset()
+            self._selector_source = frame.source
+        cls = self.selector.select(frame.rgb).cls
+        self.metrics.inc(_M.SELECTED, cls=cls.value)
+        return cls
 
     # ---- the end --------------------------------------------------------------------
 
@@ -418,6 +441,8 @@ class EdgeAgent:
             "frames": int(m.get(_M.FRAMES)),
             "inferences": int(m.get(_M.INFERENCES)),
             "samples": int(m.get(_M.SAMPLES)),
+            "key_frames": int(m.get(_M.SELECTED, cls="key")),
+            "skipped_frames": int(m.get(_M.SELECTED, cls="skip")),
             "model_version": self.slot.active_version if self.slot is not None else 0,
             "model_swaps": int(m.get(_M.SWAPS)),
             "updates_applied": self.updater.applied if self.updater is not None else 0,

@@ -89,6 +89,7 @@ class Sample:
     rgb: np.ndarray
     fmt: ChunkFormat
     model_version: int
+    key: bool = False  # the 2-level frame selector's KEY class (CloudSeg §3.2)
 
 
 @dataclass
@@ -105,6 +106,10 @@ class Batch:
     @property
     def frames(self) -> list[np.ndarray]:
         return [s.rgb for s in self.samples]
+
+    @property
+    def key_frames(self) -> list[bool]:
+        return [s.key for s in self.samples]
 
     @property
     def model_version(self) -> int:

@@ -166,7 +166,7 @@ class Uplink:
         header = ChunkHeader(
             device_id=self.device_id, seq=self.next_seq, boot_id=self.boot_id, frame_pts_ms=batch.pts_ms,
             source_size=fmt.source_size, sent_size=fmt.sent_size, fps=fps, crf=fmt.crf,
-            model_version=batch.model_version,
+            model_version=batch.model_version, key_frames=batch.key_frames,
         )
         try:
             data = envelope.encode(header, body)
