@@ -14,8 +14,9 @@ from cloudtutor.srtrain import ProgressLog, SrTrainConfig, train_steps
 log = logging.getLogger("cloudtutor.train.sr")
 
 
-# Settings a resumed run may change: more steps, other logging.
-_MAY_CHANGE = frozenset({"base_steps", "aware_steps", "log_every", "save_every"})
+# Settings a resumed run may change: more steps, other logging, and the
+# batch (the aware stage's patches are 4x larger than the base stage's).
+_MAY_CHANGE = frozenset({"base_steps", "aware_steps", "batch_size", "log_every", "save_every"})
 
 
 def frozen_proxy(name: str) -> torch.nn.Module:

@@ -14,7 +14,8 @@ bicubic, and each SR checkpoint, and are scored by
 * upscaling time per frame on this CPU.
 
 Each row says whether the video was one the SR models trained on (then
-only its held-out tail is scored) or an unseen video.
+only its held-out tail is scored) or an unseen video (then all of its
+sampled frames are).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def bench_video(
     from cloudtutor.models.carn import upscale_rgb
 
     split = video_frames(video, every=every, multiple=16 * scale, held_out=held_out)
-    originals = split.held_out
+    # A training video is scored on its held-out tail only; an unseen one on all of it.
+    originals = split.held_out if trained else split.train + split.held_out
     if not originals:
         raise ValueError(f"{video}: no held-out frames (raise --held-out or lower --every)")
     h, w = originals[0].shape[:2]
