@@ -116,6 +116,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _edge(args: argparse.Namespace) -> int:
+    from cloudtutor_edge.l4t import L4tError, check_environment
+
+    try:
+        check_environment()  # a Jetson image on another L4T line stops here, before any CUDA use
+    except L4tError as exc:
+        print(f"cloudtutor edge: {exc}", file=sys.stderr)
+        return 3
     from cloudtutor.config.edge import load_edge_config
     from cloudtutor.logs import setup_logging
     from cloudtutor_edge.agent import run_edge
