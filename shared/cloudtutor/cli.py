@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--config", help="YAML file (default: $CLOUDTUTOR_CONFIG)")
     edge.set_defaults(func=_edge)
 
+    from cloudtutor.provision import add_parser as add_device_parser
+
+    add_device_parser(sub)  # cloudtutor device provision NAME
+
     train = sub.add_parser("train", help="offline training")
     train_sub = train.add_subparsers(dest="train_command", required=True)
     sr = train_sub.add_parser("sr", help="CloudSeg super-resolution: base (L1) then analytics-aware stage")
