@@ -1,0 +1,365 @@
+"""``cloudtutor bench roi``: AccMPEG's accuracy/bytes trade-off on the real videos.
+
+For each video, every ``every``-th frame at the size the edge sends
+(``width`` wide, sides multiples of 16), encoded as the edge does (chunks
+of ``chunk`` frames, libx264 preset medium through PyAV), decoded, and
+scored by the TFLite teacher against the teacher on the pristine frames at
+the same size (brief §10.3: per-frame mIoU as the headline, pooled mIoU
+and pixel accuracy beside it). Schemes:
+
+* ``uniform``: one CRF for every block, over a CRF grid;
+* ``accmodel``: ROI from the trained AccModel, run on one frame every
+  ``roi_every`` frames (§4), thresholded at ``alpha``, dilated by ``dilate``;
+  ROI blocks ``roi_qoffset x 51`` QP below the background's CRF;
+* ``accgrad``: the oracle: ROI from the exact AccGrad of every frame
+  (H and L through real H.264 at the AccModel's training CRFs, gradients
+  through the frozen ESPNet proxy of the teacher, brief §10.7), thresholded
+  like the training labels, dilated likewise.
+
+ROI points use the same background CRFs (``roi_crfs``). For each, the
+effective QPs are read back from the bitstream (mean over ROI blocks and
+over the rest; all frames and IDR frames only), with PSNR inside and
+outside the ROI against the uniform encode at the same CRF; and the bytes
+a uniform encode would need for the same mIoU (linear interpolation on the
+uniform curve) give the saving at equal accuracy. The edge-side cost is the
+AccModel's time per run and per frame (amortised over ``roi_every``)
+against the encoder's time per frame, on this CPU.
+
+The AccModel's training video is scored on its held-out tail only; any
+other video on all of its sampled frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloudtutor.accuracy import confusion_matrix, frame_miou, pixel_accuracy, pooled_miou
+from cloudtutor.bench.superres import psnr
+
+log = logging.getLogger("cloudtutor.bench.roi")
+
+NUM_CLASSES = 19
+SCHEMA = "cloudtutor.bench.roi/v1"
+PAPER_QP = (30, 40)
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def encode_scheme(frames: Sequence[np.ndarray], crf: float, *, chunk: int, qoffset: float = 0.0,
+                  masks: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
+    """Encode in chunks, decode, read QPs back: decoded frames, bytes, QP maps, encode seconds."""
+    from cloudtutor.h264 import EncodeSettings, decode_chunk, encode_chunk, read_qp_maps
+
+    settings = EncodeSettings(crf=crf, roi_qoffset=qoffset)
+    decoded, qps, idr, size, seconds = [], [], [], 0, 0.0
+    for start in range(0, len(frames), chunk):
+        part = frames[start:start + chunk]
+        roi = None if masks is None else masks[start:start + chunk]
+        t = time.perf_counter()
+        data = encode_chunk(part, settings, roi=roi)
+        seconds += time.perf_counter() - t
+        size += len(data)
+        decoded += decode_chunk(data, expect_frames=len(part))
+        maps = read_qp_maps(data)
+        qps += maps
+        idr += [True] + [False] * (len(maps) - 1)
+    return {"decoded": decoded, "bytes": size, "qp": qps, "idr": idr, "encode_s": seconds}
+
+
+def score(teacher, decoded: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> dict[str, float]:
+    mious, conf = [], np.zeros((NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
+    for frame, ref in zip(decoded, references):
+        labels = teacher.predict(frame)
+        mious.append(frame_miou(ref, labels, NUM_CLASSES))
+        conf += confusion_matrix(ref, labels, NUM_CLASSES)
+    return {"teacher_miou": round(float(np.nanmean(mious)), 4), "pooled_miou": round(pooled_miou(conf), 4),
+            "pixel_accuracy": round(pixel_accuracy(conf), 4)}
+
+
+def region_psnr(decoded: Sequence[np.ndarray], originals: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[float | None, float | None]:
+    """PSNR over the ROI pixels and over the rest, pooled over frames."""
+    from cloudtutor.accmpeg.rects import upsample
+
+    err = {True: [0.0, 0], False: [0.0, 0]}
+    for d, o, m in zip(decoded, originals, masks):
+        pix = upsample(m)
+        sq = ((d.astype(np.float64) - o.astype(np.float64)) ** 2).sum(-1)
+        for side in (True, False):
+            sel = pix if side else ~pix
+            err[side][0] += float(sq[sel].sum())
+            err[side][1] += int(sel.sum()) * 3
+
+    def db(side: bool) -> float | None:
+        total, n = err[side]
+        return None if n == 0 else round(10 * np.log10(255.0**2 / max(total / n, 1e-12)), 2)
+
+    return db(True), db(False)
+
+
+def qp_summary(qp: Sequence[np.ndarray], idr: Sequence[bool], masks: Sequence[np.ndarray] | None) -> dict[str, Any]:
+    from cloudtutor.h264 import qp_pair
+
+    def pair(sel: Sequence[int]) -> list[float | None]:
+        ms = [None if masks is None else masks[i] for i in sel]
+        return [None if v is None else round(v, 2) for v in qp_pair([qp[i] for i in sel], ms)]
+
+    everything = list(range(len(qp)))
+    return {"all_frames": pair(everything), "idr_frames": pair([i for i in everything if idr[i]])}
+
+
+def bytes_at_equal_accuracy(uniform: Sequence[Mapping[str, Any]], miou: float) -> float | None:
+    """Bytes per frame the uniform curve needs for ``miou`` (linear between its points; None outside it)."""
+    pts = sorted((u["teacher_miou"], u["bytes_per_frame"]) for u in uniform)
+    for (m0, b0), (m1, b1) in zip(pts, pts[1:]):
+        if m0 <= miou <= m1:
+            return b0 if m1 == m0 else b0 + (b1 - b0) * (miou - m0) / (m1 - m0)
+    return None
+
+
+def oracle_masks(frames: Sequence[np.ndarray], proxy, *, crf_high: float, crf_low: float, alpha: float,
+                 dilation: int) -> list[np.ndarray]:
+    from cloudtutor.accmpeg.accgrad import accgrad, accgrad_labels
+    from cloudtutor.accmpeg.rects import dilate
+    from cloudtutor.accmpeg.train import high_low
+    from cloudtutor.srtrain import espnet_input
+
+    high, low = high_low(frames, crf_high, crf_low)
+    return [dilate(accgrad_labels(accgrad(proxy, h, lo, normalize=espnet_input), alpha), dilation)
+            for h, lo in zip(high, low)]
+
+
+def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int, width: int, held_out: float,
+                chunk: int, crfs: Sequence[float], roi_crfs: Sequence[float], qoffset: float, alpha: float,
+                dilation: int, roi_every: int) -> dict[str, Any]:
+    from cloudtutor.accmpeg.roi import RoiPlanner, coverage
+    from cloudtutor.accmpeg.train import sent_frames
+
+    train, tail = sent_frames(video, every=every, width=width, held_out=held_out)
+    frames = tail if trained else train + tail
+    if not frames:
+        raise ValueError(f"{video}: no frames to score (lower --every or raise --held-out)")
+    h, w = frames[0].shape[:2]
+    log.info("%s: %d frames at %dx%d (%s)", video.name, len(frames), w, h, "held-out tail" if trained else "unseen video")
+    references = [teacher.predict(f) for f in frames]
+
+    uniform = []
+    for crf in crfs:
+        enc = encode_scheme(frames, crf, chunk=chunk)
+        row = {"crf": crf, "bytes_per_frame": round(enc["bytes"] / len(frames)), **score(teacher, enc["decoded"], references),
+               "psnr_db": round(float(np.mean([psnr(d, o) for d, o in zip(enc["decoded"], frames)])), 2),
+               "qp_mean": round(float(np.mean([q.mean() for q in enc["qp"]])), 2),
+               "encode_ms_per_frame": round(1000 * enc["encode_s"] / len(frames), 2)}
+        uniform.append(row)
+        log.info("%s uniform CRF %g: %s", video.name, crf, row)
+
+    planner = RoiPlanner(ckpt.model)
+    model_masks = planner.plan(frames, every=roi_every, alpha=alpha, dilation=dilation)
+    model_ms = 1000 * planner.model_seconds / max(1, planner.runs)
+    log.info("%s: AccModel ran %d times, %.1f ms a run", video.name, planner.runs, model_ms)
+    cfg = ckpt.config
+    t = time.perf_counter()
+    exact = oracle_masks(frames, proxy, crf_high=cfg["crf_high"], crf_low=cfg["crf_low"], alpha=cfg["label_alpha"],
+                         dilation=dilation)
+    log.info("%s: exact AccGrad of %d frames in %.0f s", video.name, len(frames), time.perf_counter() - t)
+
+    schemes: dict[str, list[dict[str, Any]]] = {"uniform": uniform, "accmodel": [], "accgrad": []}
+    for name, masks in (("accmodel", model_masks), ("accgrad", exact)):
+        for crf in roi_crfs:
+            enc = encode_scheme(frames, crf, chunk=chunk, qoffset=qoffset, masks=masks)
+            flat = encode_scheme(frames, crf, chunk=chunk)  # same CRF without ROI: the PSNR baseline
+            miou = score(teacher, enc["decoded"], references)
+            equal = bytes_at_equal_accuracy(uniform, miou["teacher_miou"])
+            bpf = enc["bytes"] / len(frames)
+            row = {
+                "crf": crf, "roi_qoffset": round(qoffset, 4), "bytes_per_frame": round(bpf), **miou,
+                "roi_coverage": round(coverage(masks), 4),
+                "effective_qp": qp_summary(enc["qp"], enc["idr"], masks),
+                "psnr_roi_db": region_psnr(enc["decoded"], frames, masks),
+                "psnr_same_crf_no_roi_db": region_psnr(flat["decoded"], frames, masks),
+                "uniform_bytes_at_equal_miou": None if equal is None else round(equal),
+                "saving_at_equal_miou": None if equal is None else round(1 - bpf / equal, 4),
+                "encode_ms_per_frame": round(1000 * enc["encode_s"] / len(frames), 2),
+            }
+            schemes[name].append(row)
+            log.info("%s %s CRF %g: %s", video.name, name, crf, row)
+    encode_ms = float(np.mean([r["encode_ms_per_frame"] for r in schemes["accmodel"]]))
+    return {
+        "video": video.name, "split": "held-out tail of the AccModel's training video" if trained else "unseen video",
+        "frames": len(frames), "size": [w, h], "every": every, "chunk": chunk, "schemes": schemes,
+        "edge_cost": {"accmodel_ms_per_run": round(model_ms, 2), "roi_every": roi_every,
+                      "accmodel_ms_per_frame": round(model_ms / roi_every, 2),
+                      "roi_encode_ms_per_frame": round(encode_ms, 2),
+                      "accmodel_vs_encode": round(model_ms / roi_every / encode_ms, 3)},
+    }
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    s = report["settings"]
+    lines = [
+        "# bench roi (AccMPEG)", "",
+        f"AccModel `{report['accmodel']}` trained on **{report['trained_on']}**; AccGrad gradients from "
+        f"{report['gradients_from']}. Teacher mIoU against the TFLite teacher on the pristine frames at the sent size. "
+        f"ROI: qoffset {s['roi_qoffset']:.4f} (x51 = {51 * s['roi_qoffset']:.1f} QP), alpha {s['alpha']}, dilate {s['dilate']}, "
+        f"AccModel every {s['roi_every']} frames; chunks of {s['chunk']} frames, x264 preset medium, aq-mode 1.", "",
+        "| video | split | scheme | CRF | bytes/frame | teacher mIoU | pooled mIoU | ROI share | QP ROI / rest (all) | QP ROI / rest (IDR) "
+        "| PSNR ROI / rest | same CRF no ROI | saving at equal mIoU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def pair(v) -> str:
+        return " / ".join("-" if x is None else f"{x:.1f}" for x in v)
+
+    for r in report["results"]:
+        split = "trained (held-out tail)" if r["split"].startswith("held-out") else "unseen"
+        for name, rows in r["schemes"].items():
+            for row in rows:
+                roi = name != "uniform"
+                saving = row.get("saving_at_equal_miou")
+                lines.append(
+                    f"| {r['video']} | {split} | {name} | {row['crf']:g} | {row['bytes_per_frame']} | {100 * row['teacher_miou']:.1f} | "
+                    f"{100 * row['pooled_miou']:.1f} | {100 * row['roi_coverage']:.0f}% | " if roi else
+                    f"| {r['video']} | {split} | {name} | {row['crf']:g} | {row['bytes_per_frame']} | {100 * row['teacher_miou']:.1f} | "
+                    f"{100 * row['pooled_miou']:.1f} | - | ")
+                if roi:
+                    lines[-1] += (f"{pair(row['effective_qp']['all_frames'])} | {pair(row['effective_qp']['idr_frames'])} | "
+                                  f"{pair(row['psnr_roi_db'])} | {pair(row['psnr_same_crf_no_roi_db'])} | "
+                                  f"{'outside the uniform curve' if saving is None else f'{100 * saving:+.1f}%'} |")
+                else:
+                    lines[-1] += f"{row['qp_mean']:.1f} (mean) | - | {row['psnr_db']:.2f} (frame) | - | - |"
+    lines += ["", "Edge-side cost on this CPU (1 torch thread):", "",
+              "| video | AccModel ms/run | runs every | AccModel ms/frame | ROI encode ms/frame | AccModel / encode |",
+              "|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        c = r["edge_cost"]
+        lines.append(f"| {r['video']} | {c['accmodel_ms_per_run']:.1f} | {c['roi_every']} | {c['accmodel_ms_per_frame']:.2f} | "
+                     f"{c['roi_encode_ms_per_frame']:.2f} | {c['accmodel_vs_encode']:.2f} |")
+    lines += ["", f"Paper's QP pair: {PAPER_QP}; saving = 1 - ROI bytes / uniform bytes at the same teacher mIoU "
+              "(interpolated on the uniform curve)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, r in zip(axes[0], results):
+        for name, style in (("uniform", "o-"), ("accmodel", "s-"), ("accgrad", "^--")):
+            rows = sorted(r["schemes"][name], key=lambda x: x["bytes_per_frame"])
+            ax.plot([x["bytes_per_frame"] for x in rows], [100 * x["teacher_miou"] for x in rows], style,
+                    label={"uniform": "uniform CRF", "accmodel": "ROI, AccModel", "accgrad": "ROI, exact AccGrad (oracle)"}[name])
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes per frame")
+        ax.set_ylabel("teacher mIoU vs pristine (%)")
+        split = "trained, held-out tail" if r["split"].startswith("held-out") else "unseen"
+        ax.set_title(f"{r['video']} ({split})", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_bench_roi(
+    videos: Sequence[Path], accmodel: Path, out: Path, *, crfs: Sequence[float] = (26, 30, 34, 38, 42),
+    roi_crfs: Sequence[float] = (34, 38, 42), roi_qoffset: float = -10 / 51, alpha: float = 0.2, dilate: int = 1,
+    roi_every: int = 10, every: int = 2, chunk: int = 10, held_out: float | None = None,
+) -> dict[str, Any]:
+    import torch
+
+    from cloudtutor.accmpeg.accmodel import load_accmodel
+    from cloudtutor.models.registry import build_teacher
+    from cloudtutor.srrun import frozen_proxy
+
+    if not -1.0 <= roi_qoffset < 0.0:
+        raise ValueError(f"roi_qoffset must lie in [-1, 0), got {roi_qoffset}")
+    torch.set_flush_denormal(True)
+    ckpt = load_accmodel(accmodel)
+    cfg = ckpt.config
+    trained_on = str(cfg.get("video", "(not recorded)"))
+    held = cfg.get("held_out", 0.25) if held_out is None else held_out
+    teacher = build_teacher("cityscapes19")  # one TFLite thread: it shares the process with torch (data README)
+    proxy = frozen_proxy(cfg.get("proxy", "espnet"))
+    results = []
+    for video in videos:
+        results.append(bench_video(
+            Path(video), ckpt, teacher, proxy, trained=Path(video).name == trained_on, every=every,
+            width=int(cfg.get("width", 480)), held_out=held, chunk=chunk, crfs=crfs, roi_crfs=roi_crfs,
+            qoffset=roi_qoffset, alpha=alpha, dilation=dilate, roi_every=roi_every))
+    report = {
+        "schema": SCHEMA, "accmodel": str(accmodel), "trained_on": trained_on,
+        "gradients_from": f"a frozen copy of the pretrained {cfg.get('proxy', 'espnet')!r} (differentiable proxy of the "
+                          "TFLite teacher, brief §10.7)",
+        "accgrad_pair_crf": [cfg.get("crf_high"), cfg.get("crf_low")], "label_alpha": cfg.get("label_alpha"),
+        "settings": {"crfs": list(crfs), "roi_crfs": list(roi_crfs), "roi_qoffset": roi_qoffset, "alpha": alpha,
+                     "dilate": dilate, "roi_every": roi_every, "every": every, "chunk": chunk, "width": cfg.get("width")},
+        "paper_qp": list(PAPER_QP), "results": results,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "roi.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "roi.md").write_text(markdown(report), encoding="utf-8")
+    plot(report, out / "roi.png")
+    return report
+
+
+def _bench_roi(args: argparse.Namespace) -> int:
+    import torch
+
+    from cloudtutor.config.common import LogSettings, default_data_root
+    from cloudtutor.logs import setup_logging
+
+    setup_logging(LogSettings(level="INFO"), "cloudtutor.bench")
+    torch.set_num_threads(args.threads)
+    if not Path(args.accmodel).is_file():
+        print(f"--accmodel: {args.accmodel} not found (train one with `cloudtutor train accmodel`)", file=sys.stderr)
+        return 2
+    videos = [Path(v) for v in args.videos] if args.videos else sorted((default_data_root() / "video").glob("*.mp4"))
+    missing = [str(v) for v in videos if not v.exists()]
+    if not videos or missing:
+        print(f"videos not found: {missing or 'none under the data root'}", file=sys.stderr)
+        return 2
+    try:
+        run_bench_roi(videos, Path(args.accmodel), Path(args.out), crfs=args.crf, roi_crfs=args.roi_crf,
+                      roi_qoffset=args.roi_qoffset, alpha=args.alpha, dilate=args.dilate, roi_every=args.roi_every,
+                      every=args.every, chunk=args.chunk)
+    except ValueError as exc:
+        print(f"bench roi: {exc}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "roi.md").read_text())
+    return 0
+
+
+def add_bench_roi_parser(bench_sub) -> None:
+    p = bench_sub.add_parser("roi", help="AccMPEG: bytes and teacher mIoU of uniform CRF vs ROI (AccModel, exact AccGrad)")
+    p.add_argument("--accmodel", default="out/accmpeg/accmodel.pt", help="AccModel checkpoint (default: out/accmpeg/accmodel.pt)")
+    p.add_argument("--videos", nargs="+", help="videos (default: every video under the data root)")
+    p.add_argument("--out", default="out/bench", help="output folder for roi.json, roi.md, roi.png (default: out/bench)")
+    p.add_argument("--crf", type=float, nargs="+", default=[26, 30, 34, 38, 42], help="uniform CRFs (default: 26 30 34 38 42)")
+    p.add_argument("--roi-crf", dest="roi_crf", type=float, nargs="+", default=[34, 38, 42],
+                   help="background CRFs of the ROI points (default: 34 38 42)")
+    p.add_argument("--roi-qoffset", dest="roi_qoffset", type=float, default=-10 / 51,
+                   help="addroi qoffset of the ROI blocks (x51 QP; default: -10/51, the paper's 30 vs 40)")
+    p.add_argument("--alpha", type=float, default=0.2, help="AccModel threshold (default: 0.2)")
+    p.add_argument("--dilate", type=int, default=1, help="ROI dilation in blocks (default: 1)")
+    p.add_argument("--roi-every", dest="roi_every", type=int, default=10, help="run the AccModel every k frames (default: 10)")
+    p.add_argument("--every", type=int, default=2, help="every N-th frame of the videos (default: 2)")
+    p.add_argument("--chunk", type=int, default=10, help="frames per H.264 chunk (default: 10)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    p.set_defaults(func=_bench_roi)
+
+
+__all__ = ["add_bench_roi_parser", "bytes_at_equal_accuracy", "encode_scheme", "markdown", "region_psnr", "run_bench_roi"]
