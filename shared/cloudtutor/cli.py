@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fraction of each video's frames, at its end, kept out of training (default: 0.25)")
     sr.add_argument("--no-resume", action="store_true", help="start over even if --out exists")
     sr.set_defaults(func=_train_sr)
+    from cloudtutor.accmpeg.run import add_train_accmodel_parser
+
+    add_train_accmodel_parser(train_sub)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON and a markdown table each)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -250,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     bsr.add_argument("--held-out", dest="held_out", type=float, default=0.25,
                      help="tail fraction of each video that is evaluated (must match training; default: 0.25)")
     bsr.set_defaults(func=_bench_superres)
+    from cloudtutor.bench.roi import add_bench_roi_parser
+
+    add_bench_roi_parser(bench_sub)
 
     models = sub.add_parser("models", help="model utilities")
     models_sub = models.add_subparsers(dest="models_command", required=True)
