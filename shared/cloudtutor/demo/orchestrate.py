@@ -23,7 +23,7 @@ from cloudtutor.config.cloud import SERVICES, CloudConfig
 from cloudtutor.config.common import MqttSettings, RedisSettings
 from cloudtutor.config.edge import EdgeConfig
 from cloudtutor.knobs import Knobs
-from cloudtutor.testing.servers import MosquittoServer, RedisServer, free_port
+from cloudtutor.testing.servers import MosquittoServer, RedisServer, die_with_parent, free_port
 
 log = logging.getLogger("cloudtutor.demo")
 
@@ -42,11 +42,12 @@ class DemoPlan:
     mqtt_url: str | None = None
     redis_url: str | None = None
     trainer: dict = field(default_factory=dict)
+    superres: dict = field(default_factory=dict)  # e.g. {"method": "model", "model_path": ...} (CloudSeg)
     prefix: str = "cloudtutor"
 
 
 class Process:
-    """A child process in its own session, logging to a file."""
+    """A child process in its own session, logging to a file; it gets SIGTERM if the demo dies."""
 
     def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
@@ -54,7 +55,7 @@ class Process:
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop); a fresh log per run
         self.popen = subprocess.Popen(
             list(argv), stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-            start_new_session=True,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
 
     def running(self) -> bool:
@@ -94,7 +95,7 @@ class Fleet:
         self.signing_key, self.public_key = self._keys()
         self.cloud = CloudConfig(
             mqtt=self.mqtt, redis=self.redis,
-            trainer=plan.trainer, controller={"default_knobs": plan.knobs},
+            trainer=plan.trainer, superres=plan.superres, controller={"default_knobs": plan.knobs},
             publisher={"signing_key": self.signing_key},
         )
 

@@ -32,6 +32,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -49,6 +50,20 @@ LOOPBACK = "127.0.0.1"
 # a normal user's PATH, and Debian installs mosquitto in /usr/sbin.
 _EXTRA_BIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin", "/sbin")
 
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` of child processes (Linux): SIGTERM when the process
+    that started them dies, even by SIGKILL (a test's timeout, a killed
+    demo), so that no server or service outlives it. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 class ServerError(RuntimeError):
     """A local server could not be found, started or stopped."""
@@ -222,6 +237,7 @@ class _ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             raise ServerStartError(f"cannot run {self.binary}: {exc}") from exc
@@ -589,6 +605,7 @@ def _recv_line(sock: socket.socket) -> bytes:
 __all__ = [
     "LOOPBACK",
     "MosquittoServer",
+    "die_with_parent",
     "PortInUseError",
     "RedisServer",
     "ServerError",
