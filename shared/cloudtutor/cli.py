@@ -144,14 +144,28 @@ def _demo(args: argparse.Namespace) -> int:
     if not videos or not all(v.exists() for v in videos):
         print(f"videos not found: {[str(v) for v in videos]} (give --videos or set CLOUDTUTOR_DATA)", file=sys.stderr)
         return 2
+    compare_to = None
+    if args.compare_to:
+        try:
+            compare_to = json.loads(Path(args.compare_to).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            print(f"--compare-to: cannot read {args.compare_to}: {exc}", file=sys.stderr)
+            return 2
+    if args.sr_model and not Path(args.sr_model).exists():
+        print(f"--sr-model: {args.sr_model} not found (train one with `cloudtutor train sr`)", file=sys.stderr)
+        return 2
+    knobs = {"infer_fps": args.infer_fps, "t_update_s": args.t_update, "scale": args.scale}
+    if args.crf is not None:
+        knobs["crf"] = args.crf
     plan = DemoPlan(
         videos=videos, out=Path(args.out).resolve(), devices=args.devices, duration_s=args.minutes * 60.0, speed=args.speed,
-        knobs=Knobs(infer_fps=args.infer_fps, t_update_s=args.t_update), mqtt_url=args.mqtt_url,
+        knobs=Knobs(**knobs), mqtt_url=args.mqtt_url,
         redis_url=args.redis_url,
         lockstep_lag_s=(2 * args.t_update if args.lockstep_lag is None else args.lockstep_lag) or None,
+        superres={"method": "model", "model_path": str(Path(args.sr_model).resolve())} if args.sr_model else {},
     )
     try:
-        report = run_demo(plan)
+        report = run_demo(plan, compare_to=compare_to, compare_path=args.compare_to)
     except DemoError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
@@ -205,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--infer-fps", type=float, default=5.0, help="frames per video second the student labels (default: 5)")
     demo.add_argument("--t-update", type=float, default=10.0, help="AMS T_update in video seconds (default: 10)")
+    demo.add_argument("--scale", type=float, default=1.0,
+                      help="downscale factor of the frames the edge sends (CloudSeg; default: 1 = full resolution)")
+    demo.add_argument("--crf", type=float, help="x264 CRF of the chunks (default: the knob's, 23)")
+    demo.add_argument("--sr-model", dest="sr_model",
+                      help="SR checkpoint (`cloudtutor train sr`) for superres; default: bicubic upscaling")
+    demo.add_argument("--compare-to", dest="compare_to", metavar="REPORT_JSON",
+                      help="an earlier demo's report.json (e.g. the scale-1 run): the report sets uplink and mIoU beside it")
     demo.add_argument("--mqtt-url", help="use this broker (mqtt://host:port) instead of starting one")
     demo.add_argument("--redis-url", help="use this Redis (redis://...) instead of starting one")
     demo.set_defaults(func=_demo)

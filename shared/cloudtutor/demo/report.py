@@ -34,6 +34,55 @@ def _clock(report: dict[str, Any]) -> str:
     return f"Clock: video time, {pace}{held} (brief §10.1)."
 
 
+def _setting(report: dict[str, Any]) -> str:
+    """The knobs that make runs differ in bytes: scale, CRF, ROI, and how the cloud upscales."""
+    k = report.get("knobs", {})
+    sr = report.get("superres") or {}
+    method = sr.get("method", "bicubic")
+    upscale = f"SR model {Path(sr['model_path']).name}" if method == "model" and sr.get("model_path") else "bicubic"
+    return f"scale {k.get('scale', 1):g}, CRF {k.get('crf', 23):g}, ROI qoffset {k.get('roi_qoffset', 0):g}, upscaling: {upscale}"
+
+
+def compare_reports(report: dict[str, Any], other: dict[str, Any], other_path: str) -> dict[str, Any]:
+    """This run beside an earlier one, device by device (matched by id): uplink,
+    downlink and mIoU, with ratios and differences. Pure: two reports in."""
+    theirs = {d["device_id"]: d for d in other.get("devices", [])}
+    devices = []
+    for d in report["devices"]:
+        o = theirs.get(d["device_id"])
+        if o is None:
+            continue
+        up, up_o = d["uplink_kbps"], o["uplink_kbps"]
+        devices.append({
+            "device_id": d["device_id"],
+            "uplink_kbps": up, "other_uplink_kbps": up_o,
+            "uplink_ratio": round(up / up_o, 4) if up_o else None,
+            "downlink_kbps": d["downlink_kbps"], "other_downlink_kbps": o["downlink_kbps"],
+            "miou_adapted": d["miou_vs_teacher"]["adapted"], "other_miou_adapted": o["miou_vs_teacher"]["adapted"],
+            "miou_points": round(100 * (d["miou_vs_teacher"]["adapted"] - o["miou_vs_teacher"]["adapted"]), 2),
+        })
+    return {"report": other_path, "setting": _setting(other), "duration_s": other.get("duration_s"),
+            "same_videos": [Path(v).name for v in other.get("videos", [])] == [Path(v).name for v in report["videos"]],
+            "devices": devices}
+
+
+def _comparison(report: dict[str, Any]) -> list[str]:
+    c = report.get("compared_to")
+    if not c:
+        return []
+    lines = ["", f"## Against {c['report']}", "",
+             f"This run: {_setting(report)}. That run: {c['setting']} ({c['duration_s']:.0f} s of video"
+             + ("" if c["same_videos"] else "; other videos") + ").", "",
+             "| device | uplink Kbps here / there | ratio | downlink Kbps here / there | mIoU adapted here / there | difference (points) |",
+             "|---|---|---|---|---|---|"]
+    for d in c["devices"]:
+        ratio = "n/a" if d["uplink_ratio"] is None else f"{d['uplink_ratio']:.3f}"
+        lines.append(f"| {d['device_id']} | {d['uplink_kbps']:.1f} / {d['other_uplink_kbps']:.1f} | {ratio} "
+                     f"| {d['downlink_kbps']:.1f} / {d['other_downlink_kbps']:.1f} "
+                     f"| {_pct(d['miou_adapted'])} / {_pct(d['other_miou_adapted'])} | {_points(d['miou_points'])} |")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# cloudtutor demo",
@@ -42,6 +91,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['frames']} frames processed; wall time {report['wall_s']:.0f} s.",
         "",
         _clock(report),
+        "",
+        f"Setting: {_setting(report)}.",
         "",
         "mIoU is against the teacher's labels on every frame the edge processed (per-frame mean over the classes "
         "present; pooled = one confusion matrix; first pass = frames before the looped video repeats).",
@@ -69,6 +120,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"full model {u['full_model_bytes']} bytes (float16, compressed), i.e. a delta is "
             f"{u['full_model_bytes'] / max(u['mean_delta_bytes'], 1):.1f}x smaller."
         )
+    lines += _comparison(report)
     lines += ["", "![mIoU over time](miou.png)", "", "![bandwidth](bandwidth.png)", ""]
     return "\n".join(lines)
 

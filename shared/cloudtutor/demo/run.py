@@ -14,7 +14,7 @@ from cloudtutor.config.cloud import SERVICES
 from cloudtutor.demo.evaluate import evaluate_device
 from cloudtutor.demo.observer import DeviceTraffic, FleetObserver
 from cloudtutor.demo.orchestrate import DemoPlan, Fleet, wait_until
-from cloudtutor.demo.report import SCHEMA, write_report
+from cloudtutor.demo.report import SCHEMA, compare_reports, write_report
 
 log = logging.getLogger("cloudtutor.demo")
 
@@ -23,7 +23,10 @@ class DemoError(RuntimeError):
     pass
 
 
-def run_demo(plan: DemoPlan) -> dict[str, Any]:
+def run_demo(plan: DemoPlan, *, compare_to: dict[str, Any] | None = None,
+             compare_path: str | None = None) -> dict[str, Any]:
+    """Run the loop and write the report; ``compare_to``: an earlier run's
+    report.json, set beside this one's figures (e.g. scale 1 vs scale 4)."""
     started = time.time()
     fleet = Fleet(plan)
     observer = FleetObserver(fleet.mqtt).start()
@@ -45,6 +48,8 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
         fleet.stop()
     wall_s = time.time() - started
     report = _report(plan, fleet, observer, cloud_sha, wall_s)
+    if compare_to is not None:
+        report["compared_to"] = compare_reports(report, compare_to, compare_path or "(given)")
     write_report(report, plan.out)
     return report
 
@@ -125,6 +130,7 @@ def _report(plan: DemoPlan, fleet: Fleet, observer: FleetObserver, cloud_sha: di
         "lockstep_lag_s": plan.lockstep_lag_s,
         "knobs": plan.knobs.model_dump(),
         "trainer": fleet.cloud.trainer.model_dump(),
+        "superres": fleet.cloud.superres.model_dump(mode="json", include={"method", "model_path"}),
         "devices": devices,
     }
 
