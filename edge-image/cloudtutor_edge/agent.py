@@ -225,7 +225,7 @@ class EdgeAgent:
         self.bus.subscribe(topics.model_snapshot(dev), self._on_snapshot, qos=1)
         self.bus.subscribe(topics.chunks_ack(dev), self._on_ack, qos=1)
         self.uplink = Uplink(self.bus, topics.chunks(dev), self.spool, device_id=dev, boot_id=self.boot_id,
-                             metrics=self.metrics)
+                             metrics=self.metrics, roi=_roi_planner(config), knobs=lambda: self._knobs)
         self.bus.start()
         if self.bus.wait_ready(config.mqtt.connect_timeout_s):
             self._control_seen.wait(CONTROL_WAIT_S)
@@ -497,3 +497,14 @@ def run_edge(config: EdgeConfig) -> int:
 
 
 __all__ = ["AGENT_VERSION", "EdgeAgent", "load_student", "run_edge"]
+
+
+def _roi_planner(config: EdgeConfig):
+    """AccMPEG's ROI planner when ``roi_accmodel`` is set (ROI still needs the knob ``roi_qoffset`` < 0)."""
+    if config.roi_accmodel is None:
+        return None
+    from cloudtutor.accmpeg.accmodel import load_accmodel
+    from cloudtutor.accmpeg.roi import RoiPlanner
+
+    log.info("ROI encoding: AccModel %s", config.roi_accmodel)
+    return RoiPlanner(load_accmodel(config.roi_accmodel).model)

@@ -15,6 +15,14 @@ broker that stops acknowledging ever stalls the frame loop:
 
 ``chunks/ack`` messages reach :meth:`Uplink.ack` from the bus's handler
 thread and delete the chunk from the spool.
+
+ROI encoding (AccMPEG §4): given a :class:`~cloudtutor.accmpeg.roi.RoiPlanner`
+(the AccModel, from ``EdgeConfig.roi_accmodel``) and a knob ``roi_qoffset``
+below 0, the worker asks the planner for one macroblock mask per frame
+(the AccModel runs every ``roi_every`` frames), encodes with those blocks
+``roi_qoffset x 51`` QP below the CRF, reads the effective QPs back from
+the chunk it just made and reports them in the header (``qp_pair``,
+``roi_coverage``; brief §10.6: measured, never assumed).
 """
 
 from __future__ import annotations
@@ -23,11 +31,13 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 from cloudtutor import envelope
 from cloudtutor.bus import Bus, BusError
-from cloudtutor.h264 import EncodeSettings, encode_chunk
+from cloudtutor.h264 import EncodeSettings, encode_chunk, qp_pair, read_qp_maps
 from cloudtutor.headers import ChunkHeader
+from cloudtutor.knobs import Knobs
 from cloudtutor.metrics import Metrics
 
 from cloudtutor_edge.sampler import Batch
@@ -50,6 +60,8 @@ class _M:
     ENCODE_SECONDS = "cloudtutor_edge_encode_seconds_total"
     SPOOL_BYTES = "cloudtutor_edge_spool_bytes"
     SPOOL_CHUNKS = "cloudtutor_edge_spool_chunks"
+    ACCMODEL_SECONDS = "cloudtutor_edge_accmodel_seconds_total"  # AccModel inference (ROI planning)
+    ROI_CHUNKS = "cloudtutor_edge_roi_chunks_total"
 
 
 class Uplink:
@@ -67,7 +79,11 @@ class Uplink:
         preset: str = "medium",
         queue_size: int = 4,
         poll_s: float = 0.1,
+        roi=None,
+        knobs: Callable[[], Knobs] | None = None,
     ) -> None:
+        """``roi``: a :class:`cloudtutor.accmpeg.roi.RoiPlanner` (None: ROI off);
+        ``knobs``: the current knobs (its ``roi_*`` values are read per chunk)."""
         self.bus = bus
         self.topic = topic
         self.spool = spool
@@ -76,6 +92,8 @@ class Uplink:
         self.metrics = metrics if metrics is not None else Metrics()
         self.preset = preset
         self.poll_s = poll_s
+        self.roi = roi
+        self.knobs = knobs
         self.next_seq = 0
         self._queue: queue.Queue[tuple[Batch, float]] = queue.Queue(maxsize=queue_size)
         self._idle = threading.Condition()
@@ -160,13 +178,29 @@ class Uplink:
     def _encode(self, batch: Batch, fps: float) -> list[tuple[int, bytes, int]]:
         """(seq, envelope, frames) of the chunk(s) of a batch: halves when too big for one envelope."""
         fmt = batch.fmt
+        knobs = self.knobs() if self.knobs is not None else None
+        masks, qoffset, roi_fields = None, 0.0, {}
+        if self.roi is not None and knobs is not None and knobs.roi_qoffset < 0:
+            from cloudtutor.accmpeg.roi import coverage
+
+            qoffset = knobs.roi_qoffset
+            before = self.roi.model_seconds
+            masks = self.roi.plan(batch.frames, every=knobs.roi_every, alpha=knobs.roi_alpha, dilation=knobs.roi_dilate)
+            self.metrics.inc(_M.ACCMODEL_SECONDS, self.roi.model_seconds - before)
+            roi_fields = {"roi_qoffset": qoffset, "roi_coverage": round(coverage(masks), 4)}
         started = time.perf_counter()
-        body = encode_chunk(batch.frames, EncodeSettings(crf=fmt.crf, preset=self.preset))
+        body = encode_chunk(batch.frames, EncodeSettings(crf=fmt.crf, preset=self.preset, roi_qoffset=qoffset), roi=masks)
         self.metrics.inc(_M.ENCODE_SECONDS, time.perf_counter() - started)
+        if masks is not None:
+            # The QPs x264 really used, from the bitstream (also proves the chunk decodes).
+            inside, outside = qp_pair(read_qp_maps(body), masks)
+            if inside is not None and outside is not None:
+                roi_fields["qp_pair"] = (round(inside, 2), round(outside, 2))
+            self.metrics.inc(_M.ROI_CHUNKS)
         header = ChunkHeader(
             device_id=self.device_id, seq=self.next_seq, boot_id=self.boot_id, frame_pts_ms=batch.pts_ms,
             source_size=fmt.source_size, sent_size=fmt.sent_size, fps=fps, crf=fmt.crf,
-            model_version=batch.model_version, key_frames=batch.key_frames,
+            model_version=batch.model_version, key_frames=batch.key_frames, **roi_fields,
         )
         try:
             data = envelope.encode(header, body)
@@ -230,6 +264,7 @@ class Uplink:
             "chunks_acked": m.get(_M.ACKED),
             "chunks_dropped": m.total(_M.DROPPED),
             "chunk_frames": m.get(_M.FRAMES),
+            "roi_chunks": m.get(_M.ROI_CHUNKS),
             "uplink_bytes": m.get(_M.BYTES),
             "spool_chunks": len(self.spool),
             "spool_bytes": self.spool.bytes,

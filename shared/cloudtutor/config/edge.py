@@ -62,6 +62,12 @@ class EdgeConfig(Section):
     telemetry_every_s: float = Field(5.0, gt=0, description="Wall seconds between telemetry messages and progress log lines.")
     update_public_key: Path | None = Field(None, description="Ed25519 public key (PEM) that verifies model updates; none accepts unsigned (tests only).")
     initial_knobs: Knobs = Field(default_factory=Knobs, description="Knobs used until control/state arrives.")
+    roi_accmodel: Path | None = Field(
+        None,
+        description="AccMPEG ROI encoding: an AccModel checkpoint (`cloudtutor train accmodel`). With it, the uplink runs "
+        "the AccModel every `roi_every` sampled frames and encodes its blocks `roi_qoffset` x 51 QP better than the `crf` "
+        "background (roi_alpha, roi_dilate); ROI is off while the knob roi_qoffset is 0. None: ROI off.",
+    )
 
     @field_validator("sources", mode="before")
     @classmethod
