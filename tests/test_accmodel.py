@@ -103,3 +103,17 @@ def test_planner_runs_the_model_every_k_frames(espnet, frames):
     assert planner.runs == 5
     with pytest.raises(ValueError, match="ROI knobs"):
         planner.plan(frames[:1], every=0, alpha=0.2, dilation=1)
+
+
+def test_registry_builds_the_accmodel_from_a_checkpoint(tmp_path, espnet, frames):
+    from cloudtutor.models.registry import MODELS, build_model
+
+    assert "roi" in MODELS["accmodel"].roles
+    path = tmp_path / "acc.pt"
+    model = from_espnet(espnet, head=16)
+    save_accmodel(path, model, config={}, step=0)
+    built = build_model("accmodel", path)
+    assert isinstance(built, AccModel)
+    assert np.array_equal(built.predict(frames[0]), model.eval().predict(frames[0]))
+    with pytest.raises(ValueError, match="no default weights"):
+        build_model("accmodel")

@@ -275,8 +275,8 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
 
 
 def run_bench_roi(
-    videos: Sequence[Path], accmodel: Path, out: Path, *, crfs: Sequence[float] = (26, 30, 34, 38, 42),
-    roi_crfs: Sequence[float] = (34, 38, 42), roi_qoffset: float = -10 / 51, alpha: float = 0.2, dilate: int = 1,
+    videos: Sequence[Path], accmodel: Path, out: Path, *, crfs: Sequence[float] = (12, 16, 20, 24, 28, 32),
+    roi_crfs: Sequence[float] = (20, 24, 28, 32), roi_qoffset: float = -10 / 51, alpha: float = 0.2, dilate: int = 1,
     roi_every: int = 10, every: int = 2, chunk: int = 10, held_out: float | None = None,
 ) -> dict[str, Any]:
     import torch
@@ -348,9 +348,10 @@ def add_bench_roi_parser(bench_sub) -> None:
     p.add_argument("--accmodel", default="out/accmpeg/accmodel.pt", help="AccModel checkpoint (default: out/accmpeg/accmodel.pt)")
     p.add_argument("--videos", nargs="+", help="videos (default: every video under the data root)")
     p.add_argument("--out", default="out/bench", help="output folder for roi.json, roi.md, roi.png (default: out/bench)")
-    p.add_argument("--crf", type=float, nargs="+", default=[26, 30, 34, 38, 42], help="uniform CRFs (default: 26 30 34 38 42)")
-    p.add_argument("--roi-crf", dest="roi_crf", type=float, nargs="+", default=[34, 38, 42],
-                   help="background CRFs of the ROI points (default: 34 38 42)")
+    p.add_argument("--crf", type=float, nargs="+", default=[12, 16, 20, 24, 28, 32],
+                   help="uniform CRFs (default: 12 16 20 24 28 32; the teacher loses half its agreement by CRF 26 on these videos)")
+    p.add_argument("--roi-crf", dest="roi_crf", type=float, nargs="+", default=[20, 24, 28, 32],
+                   help="background CRFs of the ROI points (default: 20 24 28 32)")
     p.add_argument("--roi-qoffset", dest="roi_qoffset", type=float, default=-10 / 51,
                    help="addroi qoffset of the ROI blocks (x51 QP; default: -10/51, the paper's 30 vs 40)")
     p.add_argument("--alpha", type=float, default=0.2, help="AccModel threshold (default: 0.2)")

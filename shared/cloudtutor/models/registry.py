@@ -13,6 +13,7 @@ name                        framework  weights                                  
 ``torchscript``             torch      any TorchScript ``.pt`` file                given by caller
 ``carn-m-x2``               torch      SR checkpoint (``cloudtutor train sr``)     (RGB out)
 ``carn-m-x4``               torch      SR checkpoint (``cloudtutor train sr``)     (RGB out)
+``accmodel``                torch      AccModel checkpoint (``train accmodel``)    (ROI mask)
 ==========================  =========  ==========================================  ============
 
 The ``carn-m-*`` entries are CloudSeg's super-resolution models (role
@@ -83,8 +84,8 @@ class ModelSpec:
         name: the registry name.
         framework: ``"torch"`` or ``"tflite"``.
         source: ``"checkpoint"``, ``"tflite"``, ``"torchvision"``, ``"torchscript"``
-            or ``"sr-checkpoint"`` (:mod:`cloudtutor.models.sr_checkpoint`).
-        roles: ``"student"`` and/or ``"teacher"``, or ``"superres"``.
+            ``"sr-checkpoint"`` (:mod:`cloudtutor.models.sr_checkpoint`) or ``"accmodel-checkpoint"``.
+        roles: ``"student"`` and/or ``"teacher"``, or ``"superres"``, or ``"roi"`` (AccMPEG).
         labels: the label set it outputs (``None``: the caller must say).
         default_file: path under the data root of the default weights, if any.
         normalize: key of :data:`NORMALIZERS` for its input (``None``: by label set).
@@ -138,6 +139,11 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "carn-m-x4", "torch", "sr-checkpoint", frozenset({"superres"}), None,
             None, None, "CARN-M x4 super-resolution (Ahn et al. 2018; CloudSeg), from a checkpoint", scale=4,
+        ),
+        ModelSpec(
+            "accmodel", "torch", "accmodel-checkpoint", frozenset({"roi"}), None,
+            None, "espnet", "AccMPEG AccModel: ESPNet-encoder features at stride 16 + 3 convs, one high/low output "
+            "per macroblock (cloudtutor.accmpeg), from a checkpoint",
         ),
     )
 }
@@ -262,6 +268,12 @@ def build_model(
                 f"checkpoint), or build_superres({name!r}, untrained=True) for a randomly initialised network"
             )
         return build_superres(name, weights)
+    if spec.source == "accmodel-checkpoint":
+        from cloudtutor.accmpeg.accmodel import load_accmodel
+
+        if weights is None:
+            raise ValueError("model 'accmodel' has no default weights file: pass weights=PATH (a `cloudtutor train accmodel` checkpoint)")
+        return load_accmodel(weights).model
     if spec.source == "torchscript":
         import torch
 
