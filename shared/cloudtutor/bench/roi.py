@@ -224,19 +224,16 @@ def markdown(report: Mapping[str, Any]) -> str:
         split = "trained (held-out tail)" if r["split"].startswith("held-out") else "unseen"
         for name, rows in r["schemes"].items():
             for row in rows:
-                roi = name != "uniform"
-                saving = row.get("saving_at_equal_miou")
-                lines.append(
-                    f"| {r['video']} | {split} | {name} | {row['crf']:g} | {row['bytes_per_frame']} | {100 * row['teacher_miou']:.1f} | "
-                    f"{100 * row['pooled_miou']:.1f} | {100 * row['roi_coverage']:.0f}% | " if roi else
-                    f"| {r['video']} | {split} | {name} | {row['crf']:g} | {row['bytes_per_frame']} | {100 * row['teacher_miou']:.1f} | "
-                    f"{100 * row['pooled_miou']:.1f} | - | ")
-                if roi:
-                    lines[-1] += (f"{pair(row['effective_qp']['all_frames'])} | {pair(row['effective_qp']['idr_frames'])} | "
-                                  f"{pair(row['psnr_roi_db'])} | {pair(row['psnr_same_crf_no_roi_db'])} | "
-                                  f"{'outside the uniform curve' if saving is None else f'{100 * saving:+.1f}%'} |")
-                else:
-                    lines[-1] += f"{row['qp_mean']:.1f} (mean) | - | {row['psnr_db']:.2f} (frame) | - | - |"
+                head = (f"| {r['video']} | {split} | {name} | {row['crf']:g} | {row['bytes_per_frame']} | "
+                        f"{100 * row['teacher_miou']:.1f} | {100 * row['pooled_miou']:.1f} | ")
+                if name == "uniform":
+                    lines.append(head + f"- | {row['qp_mean']:.1f} (mean) | - | {row['psnr_db']:.2f} (frame) | - | - |")
+                    continue
+                saving = row["saving_at_equal_miou"]
+                lines.append(head + f"{100 * row['roi_coverage']:.0f}% | {pair(row['effective_qp']['all_frames'])} | "
+                             f"{pair(row['effective_qp']['idr_frames'])} | {pair(row['psnr_roi_db'])} | "
+                             f"{pair(row['psnr_same_crf_no_roi_db'])} | "
+                             f"{'outside the uniform curve' if saving is None else f'{100 * saving:+.1f}%'} |")
     lines += ["", "Edge-side cost on this CPU (1 torch thread):", "",
               "| video | AccModel ms/run | runs every | AccModel ms/frame | ROI encode ms/frame | AccModel / encode |",
               "|---|---|---|---|---|---|"]
