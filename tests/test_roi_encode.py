@@ -89,3 +89,10 @@ def test_bad_roi_input_is_refused(frames, mask):
         encode_chunk(frames[:1], EncodeSettings(roi_qoffset=-0.2, x264_params="aq-mode=0"), roi=[mask])
     with pytest.raises(ValueError, match=r"\[-1, 0\]"):
         RoiFilter(480, 352, 0.5)
+
+
+def test_qp_read_back_of_garbage_is_a_decode_error():
+    from cloudtutor.h264 import ChunkDecodeError
+
+    with pytest.raises(ChunkDecodeError):
+        read_qp_maps(b"\x00\x00\x00\x01" + bytes(range(256)) * 4)

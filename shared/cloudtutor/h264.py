@@ -144,6 +144,18 @@ def encode_chunk(
     return bytes(out)
 
 
+def _decode_each(ctx, data: bytes, take) -> None:
+    """Feed a whole chunk through decoder ``ctx``, flushing it, and hand every frame to ``take``."""
+    try:
+        for packet in ctx.parse(data) + ctx.parse(None):
+            for frame in ctx.decode(packet):
+                take(frame)
+        for frame in ctx.decode(None):
+            take(frame)
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise ChunkDecodeError(f"H.264 decode failed: {exc}") from None
+
+
 def decode_chunk(data: bytes, *, expect_frames: int | None = None, expect_size: tuple[int, int] | None = None) -> list[np.ndarray]:
     """Decode a chunk into RGB uint8 frames; ChunkDecodeError on anything off.
 
@@ -162,14 +174,7 @@ def decode_chunk(data: bytes, *, expect_frames: int | None = None, expect_size: 
             raise ChunkDecodeError(f"decoded more than the {expect_frames} frames the header announces")
         frames.append(frame.to_ndarray(format="rgb24"))
 
-    try:
-        for packet in ctx.parse(data) + ctx.parse(None):
-            for frame in ctx.decode(packet):
-                take(frame)
-        for frame in ctx.decode(None):
-            take(frame)
-    except (av.error.FFmpegError, ValueError) as exc:
-        raise ChunkDecodeError(f"H.264 decode failed: {exc}") from None
+    _decode_each(ctx, data, take)
     if not frames:
         raise ChunkDecodeError("no frame decoded")
     if expect_frames is not None and len(frames) != expect_frames:
@@ -217,16 +222,7 @@ def read_qp_maps(data: bytes) -> list[np.ndarray]:
             raise ChunkDecodeError(f"frame {len(maps)} carries no QP side data") from None
         maps.append(_qp_map(params, frame.width, frame.height))
 
-    try:
-        for packet in ctx.parse(data) + ctx.parse(None):
-            for frame in ctx.decode(packet):
-                take(frame)
-        for frame in ctx.decode(None):
-            take(frame)
-    except (av.error.FFmpegError, ValueError) as exc:
-        if isinstance(exc, ChunkDecodeError):
-            raise
-        raise ChunkDecodeError(f"H.264 decode failed: {exc}") from None
+    _decode_each(ctx, data, take)
     return maps
 
 
