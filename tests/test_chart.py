@@ -269,9 +269,10 @@ def test_hpa_only_for_ingest_and_superres(objects: dict[str, list[dict]]) -> Non
     assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas.values()} == {f"{RELEASE}-cloudtutor-ingest", f"{RELEASE}-cloudtutor-superres"}
     deployments = _by_kind(objects["default"], "Deployment")
     assert "replicas" not in deployments[f"{RELEASE}-cloudtutor-ingest"]["spec"]  # the HPA owns it
-    for singleton in ("trainer", "publisher", "controller"):
-        spec = deployments[f"{RELEASE}-cloudtutor-{singleton}"]["spec"]
+    for name in ("trainer", "publisher", "controller"):  # never two at once, even in a rollout
+        spec = deployments[f"{RELEASE}-cloudtutor-{name}"]["spec"]
         assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    assert deployments[f"{RELEASE}-cloudtutor-labeler"]["spec"]["strategy"]["type"] == "RollingUpdate"
 
 
 def test_pdbs_network_policies_and_models_volume(objects: dict[str, list[dict]]) -> None:
@@ -334,3 +335,25 @@ def test_yamllint_on_hand_written_yaml() -> None:
     config = "{extends: default, rules: {line-length: {max: 140}, document-start: disable, truthy: {check-keys: false}, comments: {min-spaces-from-content: 1}}}"
     proc = _run(sys.executable, "-m", "yamllint", "-s", "-d", config, *map(str, files))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_readme_documents_every_value_with_its_default() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    whole = {"resources", "nodeSelector", "affinity", "annotations", "podAnnotations", "labels",
+             "podSecurityContext", "containerSecurityContext", "config"}  # documented as one value
+
+    def leaves(node: dict, path: str = "") -> dict[str, object]:
+        out: dict[str, object] = {}
+        for key, value in node.items():
+            dotted = f"{path}{key}"
+            if isinstance(value, dict) and value and key not in whole:
+                out.update(leaves(value, dotted + "."))
+            else:
+                out[dotted] = value
+        return out
+
+    expected = {k: v for k, v in leaves(values).items() if not k.startswith("services.")}
+    table = dict(re.findall(r"^\| `([^`]+)` \| `(.*)` \| .+ \|$", (ROOT / "charts" / "README.md").read_text(), re.MULTILINE))
+    assert set(table) == set(expected), set(table) ^ set(expected)
+    for key, default in table.items():
+        assert json.loads(default) == expected[key], key

@@ -69,8 +69,14 @@ ingest superres labeler trainer publisher controller
 ingest superres
 {{- end }}
 
-{{/* Singletons: one owner of updates in flight / of knobs. */}}
+{{/* Singletons: one owner of updates in flight (publisher) and of knobs (controller). */}}
 {{- define "cloudtutor.singletons" -}}
+publisher controller
+{{- end }}
+
+{{/* Never two at once, even during a rollout: the singletons, and the trainer,
+     whose per-device state has one writer until device leases exist. */}}
+{{- define "cloudtutor.recreate" -}}
 trainer publisher controller
 {{- end }}
 
