@@ -308,10 +308,13 @@ def test_gpu_requests_only_where_asked(objects: dict[str, list[dict]]) -> None:
 def test_tls_listener_and_service_monitor(objects: dict[str, list[dict]]) -> None:
     docs = objects["tls"]
     conf = _by_kind(docs, "ConfigMap")[f"{RELEASE}-cloudtutor-mosquitto"]["data"]["mosquitto.conf"]
-    assert "listener 8883" in conf and "certfile /mosquitto/tls/tls.crt" in conf
-    service = _by_kind(docs, "Service")[f"{RELEASE}-cloudtutor-mosquitto"]
-    assert service["spec"]["type"] == "LoadBalancer"
-    assert {p["name"] for p in service["spec"]["ports"]} == {"mqtt", "mqtts"}
+    # The TLS listener is the devices' one, with client id = user name.
+    assert re.search(r"^listener 8883\ncertfile /mosquitto/tls/tls.crt\n(.+\n)*use_username_as_clientid true$", conf, re.MULTILINE)
+    services = _by_kind(docs, "Service")
+    devices = services[f"{RELEASE}-cloudtutor-mosquitto-devices"]["spec"]
+    assert devices["type"] == "LoadBalancer" and [p["port"] for p in devices["ports"]] == [8883]
+    in_cluster = services[f"{RELEASE}-cloudtutor-mosquitto"]["spec"]
+    assert in_cluster["type"] == "ClusterIP" and [p["port"] for p in in_cluster["ports"]] == [1883]
     spec = _pod_specs(docs)[f"{RELEASE}-cloudtutor-mosquitto"]
     assert {"name": "tls", "secret": {"secretName": "mosquitto-tls", "defaultMode": 0o440}} in spec["volumes"]
     (monitor,) = _by_kind(docs, "ServiceMonitor").values()

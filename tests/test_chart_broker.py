@@ -5,6 +5,7 @@ container's script, run here against a real Mosquitto with the files
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -14,38 +15,50 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloudtutor import provision
-from cloudtutor.testing.servers import MosquittoServer, find_binary
+from cloudtutor.testing.servers import MosquittoServer, find_binary, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 HELM = ROOT / ".tools" / "bin" / "helm"
 
 
 class RenderedMosquitto(MosquittoServer):
-    """A MosquittoServer whose config is the chart's, moved to a local folder and port."""
+    """A MosquittoServer whose config is the chart's, moved to a local folder and
+    loopback ports: ``port`` for the services' listener, ``device_port`` for the devices'."""
 
     def __init__(self, conf: str, base: Path, **kwargs: object) -> None:
         super().__init__(workdir=base / "run", **kwargs)
         self.conf, self.base = conf, base
+        self.device_port = free_port()
 
     def config_text(self, port: int) -> str:
         text = self.conf.replace("/mosquitto/", f"{self.base}/").replace("listener 1883", f"listener {port} {self.host}")
+        text = text.replace("listener 1884", f"listener {self.device_port} {self.host}")
         # As root, mosquitto would switch to its own user, which cannot read our folder.
         return text + f"user {subprocess.run(['id', '-un'], capture_output=True, text=True).stdout.strip()}\n"
 
 
-def _connack(port: int, user: str, password: str) -> int:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{user}-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5)
+def _connect(port: int, user: str, password: str, client_id: str | None = None) -> tuple[mqtt.Client, list]:
+    """A client and the events it sees: ("connack", code) and "disconnected"."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"{user}-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5)
     client.username_pw_set(user, password)
-    codes = []
-    client.on_connect = lambda _c, _u, _f, rc, _p: codes.append(rc.value)
+    events: list = []
+    client.on_connect = lambda _c, _u, _f, rc, _p: events.append(("connack", rc.value))
+    client.on_disconnect = lambda *_: events.append("disconnected")
+    client.reconnect_delay_set(60, 60)  # a kicked client stays kicked while we look
     client.connect("127.0.0.1", port, keepalive=10)
-    for _ in range(100):
-        client.loop(timeout=0.1)
-        if codes:
-            break
+    client.loop_start()
+    deadline = time.monotonic() + 10
+    while not events and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert events, "no CONNACK"
+    return client, events
+
+
+def _connack(port: int, user: str, password: str) -> int:
+    client, events = _connect(port, user, password)
+    client.loop_stop()
     client.disconnect()
-    assert codes, "no CONNACK"
-    return codes[0]
+    return events[0][1]
 
 
 def test_rendered_broker_config_and_auth_script_work_with_a_real_mosquitto(tmp_path: Path) -> None:
@@ -68,10 +81,13 @@ def test_rendered_broker_config_and_auth_script_work_with_a_real_mosquitto(tmp_p
     root = tmp_path / "bundles"
     provision.ensure_fleet_key(tmp_path / "fleet.pem")
     pem = provision.public_key_pem(fleet_key=tmp_path / "fleet.pem")
-    provision.provision("edge-a", root, provision.Broker("127.0.0.1", 1883), public_key=pem)
+    for name in ("edge-a", "edge-b"):
+        provision.provision(name, root, provision.Broker("127.0.0.1", 1884), public_key=pem)
     (tmp_path / "devices" / "passwd").write_text((root / "broker" / "passwd").read_text())
     (tmp_path / "devices" / "acl").write_text((root / "broker" / "acl").read_text())
-    device_password = yaml.safe_load((root / "edge-a" / "device" / "edge.yaml").read_text())["mqtt"]["password"]
+    passwords = {name: yaml.safe_load((root / name / "device" / "edge.yaml").read_text())["mqtt"]["password"]
+                 for name in ("edge-a", "edge-b")}
+    device_password = passwords["edge-a"]
 
     # The init container's own script, with its real mosquitto_passwd.
     assert init["command"][:2] == ["/bin/sh", "-ec"]
@@ -85,8 +101,19 @@ def test_rendered_broker_config_and_auth_script_work_with_a_real_mosquitto(tmp_p
     assert (tmp_path / "auth" / "passwd").stat().st_mode & 0o077 == 0
 
     with RenderedMosquitto(config_map["data"]["mosquitto.conf"], tmp_path) as broker:
-        assert _connack(broker.port, "cloudtutor-services", services_password) == 0
-        assert _connack(broker.port, "edge-a", device_password) == 0
-        assert _connack(broker.port, "edge-a", "wrong") != 0
-        assert _connack(broker.port, "nobody", "") != 0  # allow_anonymous false
+        for port in (broker.port, broker.device_port):
+            assert _connack(port, "cloudtutor-services", services_password) == 0
+            assert _connack(port, "edge-a", device_password) == 0
+            assert _connack(port, "edge-a", "wrong") != 0
+            assert _connack(port, "nobody", "") != 0  # allow_anonymous false
+        # On the devices' listener a client id is its user name: edge-b's
+        # credentials cannot take over edge-a's session by claiming its id.
+        a, a_events = _connect(broker.device_port, "edge-a", device_password, client_id="edge-a")
+        b, b_events = _connect(broker.device_port, "edge-b", passwords["edge-b"], client_id="edge-a")
+        assert b_events == [("connack", 0)]
+        time.sleep(0.5)
+        assert a_events == [("connack", 0)], "edge-a was kicked off by a client claiming its id"
+        for client in (a, b):
+            client.loop_stop()
+            client.disconnect()
     assert "max_queued_messages 1000" in (tmp_path / "config" / "mosquitto.conf").read_text()

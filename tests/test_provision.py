@@ -62,6 +62,7 @@ def test_provision_bundle_is_valid_and_holds_no_private_key(tmp_path: Path, caps
     device = tmp_path / "devices" / "edge-a" / "device"
     config = load_edge_config(device / "edge.yaml")
     assert (config.device_id, config.mqtt.username, config.mqtt.client_id) == ("edge-a", "edge-a", "edge-a")
+    assert config.mqtt.port == 1884  # the chart's device listener
     assert str(config.update_public_key) == "/etc/cloudtutor/update-public-key.pem"
     assert (device / "edge.yaml").stat().st_mode & 0o077 == 0  # the MQTT password is readable by its owner only
     public = load_public_key(device / "update-public-key.pem")

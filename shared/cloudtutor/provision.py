@@ -196,7 +196,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="device id (also its MQTT user name and client id)")
     p.add_argument("--out", default="out/devices", help="bundle root; NAME/ and the fleet's broker/ go here (default: out/devices)")
     p.add_argument("--mqtt-host", required=True, help="broker host name as the device reaches it")
-    p.add_argument("--mqtt-port", type=int, default=1883, help="broker port (default: 1883; 8883 with --ca-file)")
+    p.add_argument("--mqtt-port", type=int, help="the broker's device port (default: 1884, the chart's; 8883 with --ca-file)")
     p.add_argument("--prefix", default="cloudtutor", help="topic prefix (default: cloudtutor)")
     p.add_argument("--ca-file", help="CA certificate of the broker's TLS listener (copied into the bundle; turns TLS on)")
     keys = p.add_mutually_exclusive_group(required=True)
@@ -217,7 +217,8 @@ def _cli_provision(args: argparse.Namespace) -> int:
             fleet_key=Path(args.fleet_key) if args.fleet_key else None,
             fleet_public_key=Path(args.fleet_public_key) if args.fleet_public_key else None,
         )
-        broker = Broker(args.mqtt_host, args.mqtt_port, args.prefix, Path(args.ca_file) if args.ca_file else None)
+        port = args.mqtt_port or (8883 if args.ca_file else 1884)
+        broker = Broker(args.mqtt_host, port, args.prefix, Path(args.ca_file) if args.ca_file else None)
         out = provision(args.name, root, broker, public_key=pem, force=args.force, config_dir=Path(args.config_dir))
     except (ProvisionError, ValueError, OSError) as exc:
         print(f"device provision: {exc}", file=sys.stderr)
