@@ -14,7 +14,10 @@ and pixel accuracy beside it). Schemes:
 * ``accgrad``: the oracle: ROI from the exact AccGrad of every frame
   (H and L through real H.264 at the AccModel's training CRFs, gradients
   through the frozen ESPNet proxy of the teacher, brief §10.7), thresholded
-  like the training labels, dilated likewise.
+  like the training labels, dilated likewise;
+* ``random``: the control: each oracle mask's blocks shuffled over the
+  frame (same share, no knowledge), which tells whether AccGrad picks the
+  right blocks even where ROI as such does not pay.
 
 ROI points use the same background CRFs (``roi_crfs``). For each, the
 effective QPs are read back from the bitstream (mean over ROI blocks and
@@ -193,8 +196,10 @@ def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int,
                          dilation=dilation)
     log.info("%s: exact AccGrad of %d frames in %.0f s", video.name, len(frames), time.perf_counter() - t)
 
-    schemes: dict[str, list[dict[str, Any]]] = {"uniform": uniform, "accmodel": [], "accgrad": []}
-    for name, masks in (("accmodel", model_masks), ("accgrad", exact)):
+    rng = np.random.default_rng(0)
+    shuffled = [rng.permutation(m.ravel()).reshape(m.shape) for m in exact]
+    schemes: dict[str, list[dict[str, Any]]] = {"uniform": uniform, "accmodel": [], "accgrad": [], "random": []}
+    for name, masks in (("accmodel", model_masks), ("accgrad", exact), ("random", shuffled)):
         for crf in roi_crfs:
             enc = encode_scheme(frames, crf, chunk=chunk, qoffset=qoffset, masks=masks)
             flat = encode_scheme(frames, crf, chunk=chunk)  # same CRF without ROI: the PSNR baseline
@@ -287,10 +292,12 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
     results = report["results"]
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
     for ax, r in zip(axes[0], results):
-        for name, style in (("uniform", "o-"), ("accmodel", "s-"), ("accgrad", "^--")):
-            rows = sorted(r["schemes"][name], key=lambda x: x["bytes_per_frame"])
-            ax.plot([x["bytes_per_frame"] for x in rows], [100 * x["teacher_miou"] for x in rows], style,
-                    label={"uniform": "uniform CRF", "accmodel": "ROI, AccModel", "accgrad": "ROI, exact AccGrad (oracle)"}[name])
+        labels = {"uniform": "uniform CRF", "accmodel": "ROI, AccModel", "accgrad": "ROI, exact AccGrad (oracle)",
+                  "random": "ROI, random blocks (control)"}
+        for name, style in (("uniform", "o-"), ("accmodel", "s-"), ("accgrad", "^--"), ("random", "x:")):
+            rows = sorted(r["schemes"].get(name, []), key=lambda x: x["bytes_per_frame"])
+            if rows:
+                ax.plot([x["bytes_per_frame"] for x in rows], [100 * x["teacher_miou"] for x in rows], style, label=labels[name])
         ax.set_xscale("log")
         ax.set_xlabel("bytes per frame")
         ax.set_ylabel("teacher mIoU vs pristine (%)")
