@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cloudtutor.bench.roi import add_bench_roi_parser
 
     add_bench_roi_parser(bench_sub)
+    from cloudtutor.bench.split import add_bench_split_parser
+
+    add_bench_split_parser(bench_sub)
 
     models = sub.add_parser("models", help="model utilities")
     models_sub = models.add_subparsers(dest="models_command", required=True)
