@@ -28,7 +28,7 @@ def test_compare_matches_devices_by_id_and_gives_ratios() -> None:
     assert d["device_id"] == "edge-0"
     assert d["uplink_ratio"] == pytest.approx(0.125)
     assert d["miou_points"] == pytest.approx(-2.0)
-    assert c["same_videos"] is True and c["setting"].startswith("scale 1,") and "bicubic" in c["setting"]
+    assert c["same_videos"] is True and c["setting"].startswith("scale 1,") and "none (full resolution)" in c["setting"]
 
 
 def test_compare_survives_a_zero_uplink_and_renders() -> None:

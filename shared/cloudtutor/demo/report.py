@@ -40,6 +40,8 @@ def _setting(report: dict[str, Any]) -> str:
     sr = report.get("superres") or {}
     method = sr.get("method", "bicubic")
     upscale = f"SR model {Path(sr['model_path']).name}" if method == "model" and sr.get("model_path") else "bicubic"
+    if k.get("scale", 1) == 1:
+        upscale = "none (full resolution)"
     return f"scale {k.get('scale', 1):g}, CRF {k.get('crf', 23):g}, ROI qoffset {k.get('roi_qoffset', 0):g}, upscaling: {upscale}"
 
 
