@@ -194,6 +194,10 @@ class TrainerService(Service):
                              device_id, newest, last.decode())
             self.fb.redis.hset(key, "last_phase_ms", "")
             last = None
+        if self.knobs_of(device_id).mode == "shadowtutor":  # Algorithm 1 per key frame, not AMS phases
+            from cloudtutor_services.trainer.shadowtutor import serve_key_frame
+
+            return serve_key_frame(self, device_id, int(last) if last else None, newest)
         anchor = int(last) if last else self._sample_ms(device_id, newest=False)
         if anchor is None or not phase_due(newest, anchor, self.knobs_of(device_id).t_update_s):
             return False
