@@ -119,3 +119,12 @@ def test_bad_bodies_are_rejected_with_a_reason(acts) -> None:
         CodecConfig.parse("q9-uniform+zstd")
     with pytest.raises(ValueError, match="non-finite"):
         encode({"a": np.full((1, 2, 2), np.nan, np.float32)}, cfg)
+
+
+def test_a_near_constant_channel_far_from_zero_still_encodes() -> None:
+    x = {"a": (5.0 + np.linspace(0, 1e-12, 64, dtype=np.float32)).reshape(1, 8, 8)}
+    for name in ("q4-uniform+dct8+zstd", "q4-uniform+zstd+delta"):
+        cfg = CodecConfig.parse(name)
+        body, _ = encode(x, cfg)
+        got = decode(body, cfg, {"a": (1, 8, 8)})
+        assert np.abs(got.tensors["a"] - x["a"]).max() <= 8 * got.bounds["a"][0] + 1e-6

@@ -177,7 +177,11 @@ def _quantize(v: np.ndarray, x_range: tuple[np.ndarray, np.ndarray], cfg: CodecC
     levels = 1 << cfg.bits
     if cfg.quantizer == "uniform":
         lo, hi = x_range
-        step = np.where(hi > lo, (hi - lo) / (levels - 1), 1.0).astype(np.float32)
+        # A floor relative to the magnitude: a near-constant channel far from
+        # zero would otherwise get a vanishing step and centred indices
+        # (DCT, residuals) past 32 bits.
+        floor = np.maximum(np.maximum(np.abs(lo), np.abs(hi)) * 2.0**-20, 1e-30)
+        step = np.where(hi > lo, np.maximum((hi - lo) / (levels - 1), floor), 1.0).astype(np.float32)
         shape = (c,) + (1,) * (v.ndim - 1)
         if centred:
             idx = np.rint(v / step.reshape(shape)).astype(np.int64)
