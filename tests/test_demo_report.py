@@ -45,4 +45,14 @@ def test_compare_survives_a_zero_uplink_and_renders() -> None:
                              updates={"deltas": 1, "snapshots": 0, "mean_delta_bytes": 10.0, "full_model_bytes": 100})
     text = markdown(now)
     assert "## Against old.json" in text and "other videos" in text and "| n/a |" in text
-    assert "upscaling: SR model carn-m-x4.pt" in text
+    assert "upscaling: SR model carn-m-x4.pt" in text and "ROI off" in text
+
+
+def test_the_setting_names_roi_only_when_it_is_on() -> None:
+    from cloudtutor.demo.report import _setting
+
+    report = _report(1.0, {})
+    report["roi_accmodel"] = "/m/accmodel.pt"
+    assert "ROI off" in _setting(report)  # a model but qoffset 0: x264 gets no ROI
+    report["knobs"]["roi_qoffset"] = -10 / 51
+    assert "ROI AccModel accmodel.pt, qoffset -0.196 (x51 = -10 QP)" in _setting(report)

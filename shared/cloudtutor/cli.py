@@ -157,12 +157,19 @@ def _demo(args: argparse.Namespace) -> int:
     knobs = {"infer_fps": args.infer_fps, "t_update_s": args.t_update, "scale": args.scale}
     if args.crf is not None:
         knobs["crf"] = args.crf
+    if args.roi_accmodel:
+        if not Path(args.roi_accmodel).exists():
+            print(f"--roi-accmodel: {args.roi_accmodel} not found (train one with `cloudtutor train accmodel`)",
+                  file=sys.stderr)
+            return 2
+        knobs["roi_qoffset"] = args.roi_qoffset
     plan = DemoPlan(
         videos=videos, out=Path(args.out).resolve(), devices=args.devices, duration_s=args.minutes * 60.0, speed=args.speed,
         knobs=Knobs(**knobs), mqtt_url=args.mqtt_url,
         redis_url=args.redis_url,
         lockstep_lag_s=(2 * args.t_update if args.lockstep_lag is None else args.lockstep_lag) or None,
         superres={"method": "model", "model_path": str(Path(args.sr_model).resolve())} if args.sr_model else {},
+        roi_accmodel=Path(args.roi_accmodel).resolve() if args.roi_accmodel else None,
     )
     try:
         report = run_demo(plan, compare_to=compare_to, compare_path=args.compare_to)
@@ -224,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--crf", type=float, help="x264 CRF of the chunks (default: the knob's, 23)")
     demo.add_argument("--sr-model", dest="sr_model",
                       help="SR checkpoint (`cloudtutor train sr`) for superres; default: bicubic upscaling")
+    demo.add_argument("--roi-accmodel", dest="roi_accmodel",
+                      help="AccModel checkpoint (`cloudtutor train accmodel`): the edges encode with AccMPEG ROI quality")
+    demo.add_argument("--roi-qoffset", dest="roi_qoffset", type=float, default=-10 / 51,
+                      help="x264 qoffset of the ROI blocks with --roi-accmodel (x51 = QP; default: -10/51, 10 QP better)")
     demo.add_argument("--compare-to", dest="compare_to", metavar="REPORT_JSON",
                       help="an earlier demo's report.json (e.g. the scale-1 run): the report sets uplink and mIoU beside it")
     demo.add_argument("--mqtt-url", help="use this broker (mqtt://host:port) instead of starting one")

@@ -47,6 +47,7 @@ def edge_config(plan, index: int, mqtt: MqttSettings, public_key: Path | None = 
         mqtt=EdgeMqttSettings(**mqtt.model_dump(exclude={"client_id"})),
         initial_knobs=plan.knobs,
         update_public_key=public_key,
+        roi_accmodel=plan.roi_accmodel,
     )
 
 

@@ -43,6 +43,7 @@ class DemoPlan:
     redis_url: str | None = None
     trainer: dict = field(default_factory=dict)
     superres: dict = field(default_factory=dict)  # e.g. {"method": "model", "model_path": ...} (CloudSeg)
+    roi_accmodel: Path | None = None  # AccMPEG ROI encoding on the edges (with a nonzero roi_qoffset knob)
     prefix: str = "cloudtutor"
 
 

@@ -42,7 +42,10 @@ def _setting(report: dict[str, Any]) -> str:
     upscale = f"SR model {Path(sr['model_path']).name}" if method == "model" and sr.get("model_path") else "bicubic"
     if k.get("scale", 1) == 1:
         upscale = "none (full resolution)"
-    return f"scale {k.get('scale', 1):g}, CRF {k.get('crf', 23):g}, ROI qoffset {k.get('roi_qoffset', 0):g}, upscaling: {upscale}"
+    roi = "off"
+    if report.get("roi_accmodel") and k.get("roi_qoffset", 0):
+        roi = f"AccModel {Path(report['roi_accmodel']).name}, qoffset {k['roi_qoffset']:.3f} (x51 = {51 * k['roi_qoffset']:.0f} QP)"
+    return f"scale {k.get('scale', 1):g}, CRF {k.get('crf', 23):g}, ROI {roi}, upscaling: {upscale}"
 
 
 def compare_reports(report: dict[str, Any], other: dict[str, Any], other_path: str) -> dict[str, Any]:

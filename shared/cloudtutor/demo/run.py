@@ -131,6 +131,7 @@ def _report(plan: DemoPlan, fleet: Fleet, observer: FleetObserver, cloud_sha: di
         "knobs": plan.knobs.model_dump(),
         "trainer": fleet.cloud.trainer.model_dump(),
         "superres": fleet.cloud.superres.model_dump(mode="json", include={"method", "model_path"}),
+        "roi_accmodel": str(plan.roi_accmodel) if plan.roi_accmodel else None,
         "devices": devices,
     }
 
