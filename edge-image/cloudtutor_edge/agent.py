@@ -28,12 +28,14 @@ final telemetry and closes (status ``stopped``).
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cloudtutor import __version__
@@ -59,6 +61,7 @@ from cloudtutor.video import Frame, chained
 
 from cloudtutor_edge.model_slot import ModelSlot
 from cloudtutor_edge.pacing import Pacer
+from cloudtutor_edge.shadowtutor import ShadowTutorEdge
 from cloudtutor_edge.sampler import (
     ChunkFormat,
     FrameRateEstimator,
@@ -168,6 +171,7 @@ class EdgeAgent:
         self._buffer: SampleBuffer | None = None
         self._period = _Period(time.monotonic())
         self._loop_ended: float | None = None  # rates in the final report exclude the drain
+        self.shadowtutor: ShadowTutorEdge | None = None  # mode shadowtutor (Algorithm 4)
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -236,6 +240,10 @@ class EdgeAgent:
             self.bus.set_retained(topics.model_reported(dev), self.updater.current().to_bytes())
         self.metrics.set(_M.MODEL_VERSION, 0)
         self.uplink.start()
+        self.shadowtutor = ShadowTutorEdge(
+            submit=self.uplink.submit, trained_through=lambda: self.updater.trained_through_ms,
+            last_metric=lambda: self.updater.last_metric, swap=self._swap, model_version=lambda: self.slot.active_version,
+            stop_event=self.stop_event, wait_timeout_s=config.shadowtutor_wait_timeout_s)
         log.info("edge agent started", extra={"fields": {
             "device_id": dev, "boot_id": self.boot_id, "model_id": self.model_id, "sources": config.sources,
             "speed": config.speed, "duration_s": config.duration_s, "knobs": self._knobs.model_dump()}})
@@ -267,10 +275,7 @@ class EdgeAgent:
                     sample_gate.set_rate(knobs.sample_fps)
                     buffer.set_period(knobs.t_update_s)
                     self.selector.set_thresholds(knobs.key_threshold, knobs.useful_threshold)
-                if self.slot.swap_if_ready():
-                    self.metrics.inc(_M.SWAPS)
-                    self.metrics.set(_M.MODEL_VERSION, self.slot.active_version)
-                    log.info("now running model version %d", self.slot.active_version)
+                self._swap()
                 self._step(frame, knobs, infer_gate(frame.pts_ms), sample_gate(frame.pts_ms), buffer)
                 if time.monotonic() >= next_report:
                     self._report()
@@ -278,6 +283,15 @@ class EdgeAgent:
         finally:
             self._loop_ended = time.monotonic()
             frames.close()  # releases the container
+
+    def _swap(self) -> bool:
+        """Swap in a verified update between frames; True if one was."""
+        if not self.slot.swap_if_ready():
+            return False
+        self.metrics.inc(_M.SWAPS)
+        self.metrics.set(_M.MODEL_VERSION, self.slot.active_version)
+        log.info("now running model version %d", self.slot.active_version)
+        return True
 
     def _wait_for_cloud(self) -> bool:
         """Lockstep (demo, benchmarks): hold the next frame while the chunks
@@ -318,6 +332,12 @@ class EdgeAgent:
         self._last_pts = pts
         self._rates.observe(frame.source, pts)
         self.metrics.inc(_M.FRAMES)
+        # ShadowTutor sends its own key frames (Algorithm 4); no AMS sampling then.
+        st = self.shadowtutor if knobs.mode == "shadowtutor" else None
+        sample = sample and st is None
+        if infer and st is not None:
+            st.configure(knobs)
+            st.before_inference(frame, knobs, round(self._rates.fps(frame.source), 3))
         if infer:
             student, version = self.slot.active, self.slot.active_version
             started = time.perf_counter()
@@ -326,6 +346,8 @@ class EdgeAgent:
             self.metrics.inc(_M.INFERENCES)
             if self.sink is not None:
                 self.sink.write(pts, version, labels)
+            if st is not None:
+                st.after_inference()
         taken = None
         if sample:
             self.metrics.inc(_M.SAMPLES)
@@ -368,6 +390,8 @@ class EdgeAgent:
             self.metrics.inc(_M.SWAPS)
         if self.bus is not None:
             self._report(final=True)
+        if self.config.sink_path is not None:  # final counters beside the labels (the demo reads ShadowTutor's here)
+            summary_path(self.config.sink_path).write_text(json.dumps(self.summary(), indent=1) + "\n", encoding="utf-8")
         self._close()
 
     def _close(self) -> None:
@@ -392,7 +416,7 @@ class EdgeAgent:
         if state.knobs != self._knobs:
             log.info("knobs changed (control/state version %d)", state.version,
                      extra={"fields": {"changed": _changed(self._knobs, state.knobs), "reason": state.reason}})
-        if state.knobs.mode not in ("ams",) and not self._warned_mode:
+        if state.knobs.mode not in ("ams", "shadowtutor") and not self._warned_mode:
             self._warned_mode = True
             log.warning("mode %r is not implemented by this agent yet: it samples and streams as in ams", state.knobs.mode)
         self._knobs = state.knobs
@@ -450,6 +474,8 @@ class EdgeAgent:
         }
         if self.uplink is not None:
             out.update({k: int(v) for k, v in self.uplink.stats().items()})
+        if self.shadowtutor is not None and self.shadowtutor.scheduler.frames:
+            out.update(self.shadowtutor.stats())
         return out
 
     def _report(self, final: bool = False) -> None:
@@ -482,6 +508,11 @@ class EdgeAgent:
         log.info("finished" if final else "progress", extra={"fields": fields})
 
 
+def summary_path(sink_path: Path) -> Path:
+    """Where the agent leaves its final :meth:`EdgeAgent.summary` (JSON) beside its label sink."""
+    return sink_path.with_name(sink_path.name + ".summary.json")
+
+
 def _changed(old: Knobs, new: Knobs) -> dict[str, Any]:
     before, after = old.model_dump(), new.model_dump()
     return {k: after[k] for k in after if after[k] != before[k]}
@@ -496,7 +527,7 @@ def run_edge(config: EdgeConfig) -> int:
     return agent.run()
 
 
-__all__ = ["AGENT_VERSION", "EdgeAgent", "load_student", "run_edge"]
+__all__ = ["AGENT_VERSION", "EdgeAgent", "load_student", "run_edge", "summary_path"]
 
 
 def _roi_planner(config: EdgeConfig):

@@ -72,6 +72,9 @@ class ModelUpdater:
         # Video time the newest applied version was trained through (from its
         # header); what a lockstep edge waits on. None: no update yet.
         self.trained_through_ms: int | None = None
+        # The accuracy the cloud measured for the newest applied delta
+        # (ShadowTutor's metric, for NextStride); None for a snapshot.
+        self.last_metric: float | None = None
 
     def current(self, status: str = "applied", reason: str | None = None) -> ModelReported:
         """``model/reported`` for the newest weights (version 0 at start)."""
@@ -101,6 +104,7 @@ class ModelUpdater:
             return self._reject(label, exc.reason.value, str(exc), version)
         self.slot.stage(state, header.version)
         self.applied += 1
+        self.last_metric = getattr(header, "metric", None)  # before trained_through_ms: a waiter reads it after
         if header.video_ms is not None:
             self.trained_through_ms = max(self.trained_through_ms or 0, header.video_ms)
         self.metrics.inc(UPDATES, kind=label, status="applied", reason="")

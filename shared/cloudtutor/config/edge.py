@@ -62,6 +62,11 @@ class EdgeConfig(Section):
     telemetry_every_s: float = Field(5.0, gt=0, description="Wall seconds between telemetry messages and progress log lines.")
     update_public_key: Path | None = Field(None, description="Ed25519 public key (PEM) that verifies model updates; none accepts unsigned (tests only).")
     initial_knobs: Knobs = Field(default_factory=Knobs, description="Knobs used until control/state arrives.")
+    shadowtutor_wait_timeout_s: float = Field(
+        300.0, gt=0,
+        description="ShadowTutor: wall seconds the edge waits, MIN_STRIDE frames after a key frame, for its update before "
+        "going on with the old stride (Algorithm 4 waits without bound; a dead cloud must not freeze the device).",
+    )
     roi_accmodel: Path | None = Field(
         None,
         description="AccMPEG ROI encoding: an AccModel checkpoint (`cloudtutor train accmodel`). With it, the uplink runs "
