@@ -128,3 +128,13 @@ def test_a_near_constant_channel_far_from_zero_still_encodes() -> None:
         body, _ = encode(x, cfg)
         got = decode(body, cfg, {"a": (1, 8, 8)})
         assert np.abs(got.tensors["a"] - x["a"]).max() <= 8 * got.bounds["a"][0] + 1e-6
+
+
+def test_a_residual_far_larger_than_the_frames_range_still_encodes() -> None:
+    cfg = CodecConfig.parse("q2-uniform+dct8+zstd+delta")
+    prev = {"a": np.full((1, 8, 8), 1e-18, np.float32)}
+    cur = {"a": (1e-25 * np.arange(64, dtype=np.float32)).reshape(1, 8, 8)}
+    _, rec = encode(prev, cfg)
+    body, _ = encode(cur, cfg, reference=rec.tensors)
+    got = decode(body, cfg, {"a": (1, 8, 8)}, reference=rec.tensors)
+    assert np.abs(got.tensors["a"] - cur["a"]).max() <= 8 * got.bounds["a"][0] + 1e-24

@@ -177,10 +177,12 @@ def _quantize(v: np.ndarray, x_range: tuple[np.ndarray, np.ndarray], cfg: CodecC
     levels = 1 << cfg.bits
     if cfg.quantizer == "uniform":
         lo, hi = x_range
-        # A floor relative to the magnitude: a near-constant channel far from
-        # zero would otherwise get a vanishing step and centred indices
-        # (DCT, residuals) past 32 bits.
-        floor = np.maximum(np.maximum(np.abs(lo), np.abs(hi)) * 2.0**-20, 1e-30)
+        # A floor relative to the magnitude of the channel and of what is
+        # quantised: a near-constant channel far from zero, or a residual
+        # against a very different previous frame, would otherwise get a
+        # vanishing step and centred indices (DCT, residuals) past 32 bits.
+        mag = np.abs(v).reshape(c, -1).max(1) if v.size else np.zeros(c, np.float32)
+        floor = np.maximum(np.maximum(np.maximum(np.abs(lo), np.abs(hi)), mag) * 2.0**-20, 1e-30)
         step = np.where(hi > lo, np.maximum((hi - lo) / (levels - 1), floor), 1.0).astype(np.float32)
         shape = (c,) + (1,) * (v.ndim - 1)
         if centred:
