@@ -62,6 +62,7 @@ from cloudtutor.video import Frame, chained
 from cloudtutor_edge.model_slot import ModelSlot
 from cloudtutor_edge.pacing import Pacer
 from cloudtutor_edge.shadowtutor import ShadowTutorEdge
+from cloudtutor_edge.split import SplitEdge
 from cloudtutor_edge.sampler import (
     ChunkFormat,
     FrameRateEstimator,
@@ -172,6 +173,7 @@ class EdgeAgent:
         self._period = _Period(time.monotonic())
         self._loop_ended: float | None = None  # rates in the final report exclude the drain
         self.shadowtutor: ShadowTutorEdge | None = None  # mode shadowtutor (Algorithm 4)
+        self.split: SplitEdge | None = None  # mode split: the cloud finishes the student (brief §10.8)
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -228,6 +230,11 @@ class EdgeAgent:
         self.bus.subscribe(topics.model_delta(dev), self._on_delta, qos=1)
         self.bus.subscribe(topics.model_snapshot(dev), self._on_snapshot, qos=1)
         self.bus.subscribe(topics.chunks_ack(dev), self._on_ack, qos=1)
+        self.split = SplitEdge(
+            publish=lambda data: self.bus.publish(topics.activations(dev), data, qos=1), device_id=dev,
+            boot_id=self.boot_id, model_id=self.model_id, codec=config.split_codec, intra_every=config.split_intra_every,
+            max_pending=config.split_max_pending)
+        self.bus.subscribe(topics.results(dev), lambda message: self.split.on_result(message.payload), qos=0)
         self.uplink = Uplink(self.bus, topics.chunks(dev), self.spool, device_id=dev, boot_id=self.boot_id,
                              metrics=self.metrics, roi=_roi_planner(config), knobs=lambda: self._knobs)
         self.bus.start()
@@ -334,17 +341,22 @@ class EdgeAgent:
         self.metrics.inc(_M.FRAMES)
         # ShadowTutor sends its own key frames (Algorithm 4); no AMS sampling then.
         st = self.shadowtutor if knobs.mode == "shadowtutor" else None
-        sample = sample and st is None
+        # Split mode offloads inference; it sends no chunks either.
+        split = self.split if knobs.mode == "split" else None
+        sample = sample and st is None and split is None
         if infer and st is not None:
             st.configure(knobs)
             st.before_inference(frame, knobs, round(self._rates.fps(frame.source), 3))
         if infer:
             student, version = self.slot.active, self.slot.active_version
             started = time.perf_counter()
-            labels = student(frame.rgb)
+            if split is not None:
+                self._write_results(split.wait_room(self.stop_event))
+            remote = split is not None and split.send(frame, student, version, knobs.split_layer)
+            labels = None if remote else student(frame.rgb)
             self.metrics.inc(_M.INFER_SECONDS, time.perf_counter() - started)
             self.metrics.inc(_M.INFERENCES)
-            if self.sink is not None:
+            if self.sink is not None and labels is not None:
                 self.sink.write(pts, version, labels)
             if st is not None:
                 st.after_inference()
@@ -361,6 +373,12 @@ class EdgeAgent:
         for batch in buffer.push(pts, taken):
             self.uplink.submit(batch, round(self._rates.fps(batch.fmt.source), 3))
             self._sent_through_ms = pts
+
+    def _write_results(self, results) -> None:
+        """Split mode: the cloud's labels into the sink, as if inferred here."""
+        if self.sink is not None:
+            for result, version in results:
+                self.sink.write(result.pts_ms, version, result.labels)
 
     def _select(self, frame: Frame) -> FrameClass:
         """The 2-level selector's class of a proposed frame. A new source
@@ -380,6 +398,11 @@ class EdgeAgent:
             last = buffer.flush()
             if last is not None:
                 self.uplink.submit(last, round(self._rates.fps(last.fmt.source), 3))
+        if self.split is not None and self.split.sent:  # the last frames' labels
+            deadline = time.monotonic() + self.config.drain_timeout_s
+            while self.split.pending and time.monotonic() < deadline and not self.stop_event.wait(0.05):
+                self._write_results(self.split.drain())
+            self._write_results(self.split.drain())
         if self.uplink is not None:
             if self.uplink.drain(self.config.drain_timeout_s):
                 log.info("every chunk acknowledged")
@@ -416,7 +439,7 @@ class EdgeAgent:
         if state.knobs != self._knobs:
             log.info("knobs changed (control/state version %d)", state.version,
                      extra={"fields": {"changed": _changed(self._knobs, state.knobs), "reason": state.reason}})
-        if state.knobs.mode not in ("ams", "shadowtutor") and not self._warned_mode:
+        if state.knobs.mode not in ("ams", "shadowtutor", "split") and not self._warned_mode:
             self._warned_mode = True
             log.warning("mode %r is not implemented by this agent yet: it samples and streams as in ams", state.knobs.mode)
         self._knobs = state.knobs
@@ -476,6 +499,8 @@ class EdgeAgent:
             out.update({k: int(v) for k, v in self.uplink.stats().items()})
         if self.shadowtutor is not None and self.shadowtutor.scheduler.frames:
             out.update(self.shadowtutor.stats())
+        if self.split is not None and self.split.sent:
+            out.update(self.split.stats())
         return out
 
     def _report(self, final: bool = False) -> None:

@@ -97,15 +97,21 @@ class ShadowTutorEdge:
         self.waited_s = 0.0
         self.waits = 0
         self.timeouts = 0
-        self.key_bytes_hint = 0
+        self.infer_s = 0.0  # wall s between before_ and after_inference: t_si of §4.4
+        self.first_wall: float | None = None
+        self.last_wall: float | None = None
+        self._t_infer = 0.0
 
     def configure(self, knobs: Any) -> None:
         self.scheduler.set_bounds(knobs.min_stride, knobs.max_stride)
 
     def before_inference(self, frame: Frame, knobs: Any, fps: float) -> bool:
         """Line 6-11: on a key frame, send it now as a one-frame chunk. True if it was one."""
+        if self.first_wall is None:
+            self.first_wall = time.monotonic()
         self._poll()
         if not self.scheduler.begin_frame():
+            self._t_infer = time.monotonic()
             return False
         height, width = frame.rgb.shape[:2]
         size = sent_size((width, height), knobs.scale)
@@ -113,10 +119,12 @@ class ShadowTutorEdge:
         sample = Sample(frame.pts_ms, resize_rgb(frame.rgb, size), fmt, self._version(), key=True)
         self._submit(Batch(fmt, [sample]), fps)
         self._key_pts, self._key_wall = frame.pts_ms, time.monotonic()
+        self._t_infer = time.monotonic()
         return True
 
     def after_inference(self) -> None:
         """Lines 13-23: count the frame; at MIN_STRIDE wait for the update; apply it when complete."""
+        self.infer_s += time.monotonic() - self._t_infer
         if self.scheduler.end_frame():
             self.waits += 1
             started = time.monotonic()
@@ -131,6 +139,7 @@ class ShadowTutorEdge:
                     break
             self.waited_s += time.monotonic() - started
         self._poll()
+        self.last_wall = time.monotonic()
 
     def _arrived(self) -> bool:
         trained = self._trained_through()
@@ -157,4 +166,6 @@ class ShadowTutorEdge:
             "st_timeouts": self.timeouts, "st_round_trip_s": round(sum(rtt) / len(rtt), 3) if rtt else None,
             "st_mean_stride": round(sum(s.strides) / len(s.strides), 2) if s.strides else None,
             "st_mean_metric": round(sum(metrics) / len(metrics), 4) if metrics else None,
+            "st_infer_s": round(self.infer_s, 3),
+            "st_wall_s": round(self.last_wall - self.first_wall, 3) if self.first_wall and self.last_wall else None,
         }

@@ -84,6 +84,11 @@ class IngestService(Service):
         self.metrics.describe(CHUNKS, "Chunks handled, by result (ingested, duplicate).")
         self.metrics.describe(LAG, "Wall seconds from the edge's created_at to ingest (clock skew included).")
         self.bus.subscribe(shared(self.group, self.topics.all_devices(Leaf.CHUNKS)), self.on_chunk, qos=1)
+        # Split mode (brief §10.8): activations in, labels out on `results` (services/ingest/split.py).
+        from cloudtutor_services.ingest.split import SplitResumer
+
+        self.split = SplitResumer(self)
+        self.bus.subscribe(shared(self.group, self.topics.all_devices(Leaf.ACTIVATIONS)), self.split.on_activations, qos=1)
 
     # -- the handler ------------------------------------------------------------------
 

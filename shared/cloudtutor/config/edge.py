@@ -62,6 +62,13 @@ class EdgeConfig(Section):
     telemetry_every_s: float = Field(5.0, gt=0, description="Wall seconds between telemetry messages and progress log lines.")
     update_public_key: Path | None = Field(None, description="Ed25519 public key (PEM) that verifies model updates; none accepts unsigned (tests only).")
     initial_knobs: Knobs = Field(default_factory=Knobs, description="Knobs used until control/state arrives.")
+    split_codec: str = Field(
+        "q4-uniform+dct8+zstd+delta",
+        description="Split mode: activation codec, q{bits}-{uniform|nonuniform}[+dct{tile}]+{zlib|zstd|lzma|none}[+delta] "
+        "(see `cloudtutor bench split`).",
+    )
+    split_intra_every: int = Field(10, ge=1, le=10_000, description="Split mode: an activation frame without temporal delta every N frames.")
+    split_max_pending: int = Field(4, ge=1, le=1000, description="Split mode: frames awaiting their labels before the loop waits.")
     shadowtutor_wait_timeout_s: float = Field(
         300.0, gt=0,
         description="ShadowTutor: wall seconds the edge waits, MIN_STRIDE frames after a key frame, for its update before "
@@ -83,6 +90,14 @@ class EdgeConfig(Section):
             value = [value]
         if isinstance(value, (list, tuple)):
             return [str(v) if isinstance(v, Path) else v for v in value]
+        return value
+
+    @field_validator("split_codec")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        from cloudtutor.split.codec import CodecConfig
+
+        CodecConfig.parse(value)  # CodecError (a ValueError) names what is wrong
         return value
 
 
