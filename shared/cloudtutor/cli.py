@@ -154,7 +154,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.sr_model and not Path(args.sr_model).exists():
         print(f"--sr-model: {args.sr_model} not found (train one with `cloudtutor train sr`)", file=sys.stderr)
         return 2
-    knobs = {"infer_fps": args.infer_fps, "t_update_s": args.t_update, "scale": args.scale}
+    knobs = {"infer_fps": args.infer_fps, "t_update_s": args.t_update, "scale": args.scale, "mode": args.mode}
     if args.crf is not None:
         knobs["crf"] = args.crf
     if args.roi_accmodel:
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--t-update", type=float, default=10.0, help="AMS T_update in video seconds (default: 10)")
     demo.add_argument("--scale", type=float, default=1.0,
                       help="downscale factor of the frames the edge sends (CloudSeg; default: 1 = full resolution)")
+    demo.add_argument("--mode", choices=("ams", "shadowtutor"), default="ams",
+                      help="ams (AMS phases every T_update) or shadowtutor (key frames by stride, partial distillation)")
     demo.add_argument("--crf", type=float, help="x264 CRF of the chunks (default: the knob's, 23)")
     demo.add_argument("--sr-model", dest="sr_model",
                       help="SR checkpoint (`cloudtutor train sr`) for superres; default: bicubic upscaling")

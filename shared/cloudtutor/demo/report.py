@@ -125,6 +125,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"full model {u['full_model_bytes']} bytes (float16, compressed), i.e. a delta is "
             f"{u['full_model_bytes'] / max(u['mean_delta_bytes'], 1):.1f}x smaller."
         )
+    from cloudtutor.demo.shadowtutor import markdown as shadowtutor_markdown
+
+    lines += shadowtutor_markdown(report)
     lines += _comparison(report)
     lines += ["", "![mIoU over time](miou.png)", "", "![bandwidth](bandwidth.png)", ""]
     return "\n".join(lines)

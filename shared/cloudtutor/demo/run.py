@@ -120,6 +120,13 @@ def _report(plan: DemoPlan, fleet: Fleet, observer: FleetObserver, cloud_sha: di
         evaluation = evaluate_device(read_sink(plan, device_id), plan.videos, plan.duration_s, teacher, baseline)
         frames += evaluation["frames_scored"]
         devices.append(_device_entry(plan, device_id, traffic, evaluation, cloud_sha.get(device_id, {}), full_bytes))
+    if plan.knobs.mode == "shadowtutor":  # key frames, update sizes and the §4.4 bounds (issue 6)
+        from cloudtutor.demo.shadowtutor import shadowtutor_entry, update_sizes
+
+        sizes = update_sizes(models, fleet.cloud.trainer.shadowtutor.freeze_through)
+        for entry in devices:
+            traffic = observer.devices.get(entry["device_id"], DeviceTraffic())
+            entry["shadowtutor"] = shadowtutor_entry(plan, fleet, entry["device_id"], traffic, sizes)
     return {
         "schema": SCHEMA,
         "videos": [str(v) for v in plan.videos],
