@@ -122,7 +122,8 @@ def bench_video(
 def markdown(report: Mapping[str, Any]) -> str:
     lines = [
         "# bench superres (CloudSeg Table 1)", "",
-        "Teacher mIoU against the teacher on the original frames (held-out frames only), after downscaling, "
+        "Teacher mIoU against the teacher on the original frames (a training video's held-out tail, all of an "
+        "unseen video), after downscaling, "
         "H.264 at one CRF and upscaling; gap closed = share of the bicubic-to-original mIoU gap.", "",
         f"Training videos of the SR models: {', '.join(report['trained_on'])}.", "",
         "| video | frames | scale | CRF | method | teacher mIoU | gap closed | PSNR dB | SSIM | ms/frame | bytes/frame LR / full |",
