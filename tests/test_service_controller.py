@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import queue
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +15,7 @@ from cloudtutor.framebuffer import FrameBuffer
 from cloudtutor.messages import ControlState, Status
 from cloudtutor.service import REJECTED
 from cloudtutor.streams import SIGNALS, Signal
+from cloudtutor.testing.services import running_service
 from cloudtutor_services.controller.service import ControllerService
 
 WAIT = 20.0
@@ -31,15 +31,8 @@ def config(mqtt_settings, redis_settings, topics) -> CloudConfig:
 
 
 def running(config: CloudConfig) -> Iterator[ControllerService]:
-    svc = ControllerService(config, health_port=None).start()
-    thread = threading.Thread(target=svc.run, daemon=True)
-    thread.start()
-    try:
+    with running_service(ControllerService, config, join_s=WAIT) as svc:
         yield svc
-    finally:
-        svc.stop()
-        thread.join(WAIT)
-        svc.close()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from cloudtutor.headers import ChunkHeader
 from cloudtutor.messages import ChunkAck
 from cloudtutor.service import REJECTED
 from cloudtutor.streams import FRAMES, SIGNALS, FrameRef, Signal, frame_blob
+from cloudtutor.testing.services import running_service
 from cloudtutor_services.ingest.service import CHUNKS, IngestService
 
 WAIT = 20.0
@@ -70,15 +71,8 @@ def config(make_config) -> CloudConfig:
 
 @pytest.fixture
 def ingest(config) -> Iterator[IngestService]:
-    svc = IngestService(config, health_port=None).start()
-    thread = threading.Thread(target=svc.run, daemon=True)
-    thread.start()
-    try:
+    with running_service(IngestService, config, join_s=WAIT) as svc:
         yield svc
-    finally:
-        svc.stop()
-        thread.join(WAIT)
-        svc.close()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ devices set, and trimming of the horizon by video time."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -25,6 +24,7 @@ from cloudtutor.streams import (
     label_blob,
     sample_blob,
 )
+from cloudtutor.testing.services import running_service
 from cloudtutor_services.labeler.service import (
     LABELED,
     TEACHER_SECONDS,
@@ -67,15 +67,8 @@ def fb(config) -> Iterator[FrameBuffer]:
 
 @pytest.fixture
 def labeler(config) -> Iterator[LabelerService]:
-    svc = LabelerService(config, health_port=None).start()
-    thread = threading.Thread(target=svc.run, daemon=True)
-    thread.start()
-    try:
+    with running_service(LabelerService, config, join_s=WAIT) as svc:
         yield svc
-    finally:
-        svc.stop()
-        thread.join(WAIT)
-        svc.close()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import queue
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from cloudtutor.modelstate import model_id, params_sha256
 from cloudtutor.service import REJECTED
 from cloudtutor.signing import generate_key, save_private_key, verify_header
 from cloudtutor.streams import SIGNALS, UPDATES, Signal, UpdateRef, masks_blob, model_blob
+from cloudtutor.testing.services import running_service
 from cloudtutor.topics import Topics
 from cloudtutor_services.publisher.link import Link
 from cloudtutor_services.publisher.service import COALESCED, SNAPSHOTS, PublisherService, link_key
@@ -103,15 +103,8 @@ def make_config(mqtt_settings, redis_settings, data_root, key_path: Path, **publ
 
 @contextmanager
 def running(config: CloudConfig) -> Iterator[PublisherService]:
-    svc = PublisherService(config, health_port=None).start()
-    thread = threading.Thread(target=svc.run, daemon=True)
-    thread.start()
-    try:
+    with running_service(PublisherService, config, join_s=WAIT) as svc:
         yield svc
-    finally:
-        svc.stop()
-        thread.join(WAIT)
-        svc.close()
 
 
 class Edge:

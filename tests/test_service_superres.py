@@ -20,6 +20,7 @@ from cloudtutor.bus import Bus, Message
 from cloudtutor.config.cloud import CloudConfig
 from cloudtutor.framebuffer import FrameBuffer
 from cloudtutor.streams import FRAMES, UPSCALED, FrameRef, frame_blob
+from cloudtutor.testing.services import running_service
 from cloudtutor_services.superres.service import UPSCALED_FRAMES, SuperresService
 
 WAIT = 20.0
@@ -57,15 +58,8 @@ def fb(config) -> Iterator[FrameBuffer]:
 
 @pytest.fixture
 def superres(config) -> Iterator[SuperresService]:
-    svc = SuperresService(config, health_port=None).start()
-    thread = threading.Thread(target=svc.run, daemon=True)
-    thread.start()
-    try:
+    with running_service(SuperresService, config, join_s=WAIT) as svc:
         yield svc
-    finally:
-        svc.stop()
-        thread.join(WAIT)
-        svc.close()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:

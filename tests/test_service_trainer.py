@@ -4,7 +4,6 @@ AMS phase per T_update of video time out, and an exact resume after a restart.""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from cloudtutor.messages import ControlState
 from cloudtutor.models.registry import build_model
 from cloudtutor.modelstate import floating_items, params_sha256
 from cloudtutor.streams import SIGNALS, UPDATES, Signal, UpdateRef, label_blob, masks_blob, model_blob, sample_blob
+from cloudtutor.testing.services import running_service
 from cloudtutor.topics import Topics
 from cloudtutor_services.trainer.service import TrainerService, state_key
 from test_distill import camvid
@@ -63,15 +63,8 @@ def config(mqtt_settings, redis_settings, data_root) -> CloudConfig:
 
 @contextmanager
 def running(config: CloudConfig) -> Iterator[TrainerService]:
-    svc = TrainerService(config, health_port=None).start()
-    thread = threading.Thread(target=svc.run, daemon=True)
-    thread.start()
-    try:
+    with running_service(TrainerService, config, join_s=WAIT) as svc:
         yield svc
-    finally:
-        svc.stop()
-        thread.join(WAIT)
-        svc.close()
 
 
 @contextmanager
