@@ -41,3 +41,15 @@ def test_markdown_sets_bounds_beside_the_measured_values() -> None:
     assert "## ShadowTutor" in text and "| edge-0 | 10 / 150 | 6.7% |" in text and "edge-1" not in text
     assert "eq. 14 / 15" in text and "| 5.00 |" in text
     assert markdown({"devices": [{"device_id": "edge-0"}]}) == []
+
+
+def test_split_mode_lines_only_for_split_devices() -> None:
+    from cloudtutor.demo.split import markdown as split_markdown
+
+    s = {"split_layer": 17, "codec": "q2-uniform+dct8+zstd+delta", "frames_sent": 150, "labels_received": 150,
+         "labels_lost": 0, "up_bytes_per_frame": 64_000.0, "down_bytes_per_frame": 9_000.0, "edge_front_ms": 120.0,
+         "edge_encode_ms": 40.0}
+    text = "\n".join(split_markdown({"devices": [{"device_id": "edge-0", "split": s}, {"device_id": "edge-1"}]}))
+    assert "## Split mode" in text and "| edge-0 | 17 | q2-uniform+dct8+zstd+delta | 150 / 150 / 0 | 64000.0 |" in text
+    assert "edge-1" not in text
+    assert split_markdown({"devices": [{"device_id": "edge-0"}]}) == []

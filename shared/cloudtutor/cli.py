@@ -154,7 +154,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.sr_model and not Path(args.sr_model).exists():
         print(f"--sr-model: {args.sr_model} not found (train one with `cloudtutor train sr`)", file=sys.stderr)
         return 2
-    knobs = {"infer_fps": args.infer_fps, "t_update_s": args.t_update, "scale": args.scale, "mode": args.mode}
+    knobs = {"infer_fps": args.infer_fps, "t_update_s": args.t_update, "scale": args.scale, "mode": args.mode,
+             "split_layer": args.split_layer}
     if args.crf is not None:
         knobs["crf"] = args.crf
     if args.roi_accmodel:
@@ -170,6 +171,7 @@ def _demo(args: argparse.Namespace) -> int:
         lockstep_lag_s=(2 * args.t_update if args.lockstep_lag is None else args.lockstep_lag) or None,
         superres={"method": "model", "model_path": str(Path(args.sr_model).resolve())} if args.sr_model else {},
         roi_accmodel=Path(args.roi_accmodel).resolve() if args.roi_accmodel else None,
+        split_codec=args.split_codec,
     )
     try:
         report = run_demo(plan, compare_to=compare_to, compare_path=args.compare_to)
@@ -228,8 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--t-update", type=float, default=10.0, help="AMS T_update in video seconds (default: 10)")
     demo.add_argument("--scale", type=float, default=1.0,
                       help="downscale factor of the frames the edge sends (CloudSeg; default: 1 = full resolution)")
-    demo.add_argument("--mode", choices=("ams", "shadowtutor"), default="ams",
-                      help="ams (AMS phases every T_update) or shadowtutor (key frames by stride, partial distillation)")
+    demo.add_argument("--mode", choices=("ams", "shadowtutor", "split"), default="ams",
+                      help="ams (AMS phases every T_update), shadowtutor (key frames by stride, partial distillation) "
+                      "or split (the edge runs --split-layer stages, the cloud the rest)")
+    demo.add_argument("--split-layer", dest="split_layer", type=int, default=17,
+                      help="split mode: student stages run on the edge (default: 17, after up_l2)")
+    demo.add_argument("--split-codec", dest="split_codec",
+                      help="split mode: activation codec (default: the edge's, see `cloudtutor bench split`)")
     demo.add_argument("--crf", type=float, help="x264 CRF of the chunks (default: the knob's, 23)")
     demo.add_argument("--sr-model", dest="sr_model",
                       help="SR checkpoint (`cloudtutor train sr`) for superres; default: bicubic upscaling")

@@ -35,7 +35,9 @@ def edge_config(plan, index: int, mqtt: MqttSettings, public_key: Path | None = 
     shutil.rmtree(spool, ignore_errors=True)
     sink = sink_path(plan, device)
     sink.unlink(missing_ok=True)
+    extra = {"split_codec": plan.split_codec} if getattr(plan, "split_codec", None) else {}
     return EdgeConfig(
+        **extra,
         device_id=device,
         sources=[str(v) for v in plan.videos],
         loop=True,

@@ -26,6 +26,9 @@ class DeviceTraffic:
     chunk_last_pts: dict[tuple[str, int], int] = field(default_factory=dict)
     acked: set[tuple[str, int]] = field(default_factory=set)
     chunk_messages: int = 0  # including resends
+    activation_bytes: int = 0  # split mode: compressed activations up (brief §10.8)
+    activation_messages: int = 0
+    result_bytes: int = 0  # split mode: labels down
     # (wall s, kind, bytes, video ms the update was trained through)
     updates: list[tuple[float, str, int, int]] = field(default_factory=list)
     telemetry: Telemetry | None = None
@@ -34,11 +37,11 @@ class DeviceTraffic:
 
     @property
     def uplink_bytes(self) -> int:
-        return sum(self.chunks.values())
+        return sum(self.chunks.values()) + self.activation_bytes
 
     @property
     def downlink_bytes(self) -> int:
-        return sum(u[2] for u in self.updates)
+        return sum(u[2] for u in self.updates) + self.result_bytes
 
 
 class FleetObserver:
@@ -56,7 +59,8 @@ class FleetObserver:
         if not self.bus.wait_connected(timeout):
             raise RuntimeError("demo observer: no connection to the broker")
         t = self.topics
-        for leaf in (Leaf.CHUNKS, Leaf.CHUNKS_ACK, Leaf.MODEL_DELTA, Leaf.MODEL_SNAPSHOT, Leaf.TELEMETRY, Leaf.MODEL_REPORTED):
+        for leaf in (Leaf.CHUNKS, Leaf.CHUNKS_ACK, Leaf.MODEL_DELTA, Leaf.MODEL_SNAPSHOT, Leaf.TELEMETRY, Leaf.MODEL_REPORTED,
+                     Leaf.ACTIVATIONS, Leaf.RESULTS):
             self.bus.subscribe(t.all_devices(leaf), self._on_device, qos=1, wait=True, timeout=timeout)
         self.bus.subscribe(f"{t.prefix}/services/+/status", self._on_service, qos=1, wait=True, timeout=timeout)
         return self
@@ -101,6 +105,12 @@ class FleetObserver:
             kind = Kind.DELTA if leaf is Leaf.MODEL_DELTA else Kind.SNAPSHOT
             header = envelope.decode(message.payload, expect=kind).header
             dev.updates.append((time.time(), leaf.value, len(message.payload), header.video_ms or 0))
+        elif leaf is Leaf.ACTIVATIONS:
+            envelope.decode(message.payload, expect=Kind.ACTIVATIONS)
+            dev.activation_messages += 1
+            dev.activation_bytes += len(message.payload)
+        elif leaf is Leaf.RESULTS:
+            dev.result_bytes += len(message.payload)
         elif leaf is Leaf.TELEMETRY:
             dev.telemetry = decode_json(Telemetry, message.payload)
         elif leaf is Leaf.MODEL_REPORTED and message.payload:

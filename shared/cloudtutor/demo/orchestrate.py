@@ -44,6 +44,7 @@ class DemoPlan:
     trainer: dict = field(default_factory=dict)
     superres: dict = field(default_factory=dict)  # e.g. {"method": "model", "model_path": ...} (CloudSeg)
     roi_accmodel: Path | None = None  # AccMPEG ROI encoding on the edges (with a nonzero roi_qoffset knob)
+    split_codec: str | None = None  # split mode: the edges' activation codec (EdgeConfig.split_codec)
     prefix: str = "cloudtutor"
 
 

@@ -127,7 +127,10 @@ def markdown(report: dict[str, Any]) -> str:
         )
     from cloudtutor.demo.shadowtutor import markdown as shadowtutor_markdown
 
+    from cloudtutor.demo.split import markdown as split_markdown
+
     lines += shadowtutor_markdown(report)
+    lines += split_markdown(report)
     lines += _comparison(report)
     lines += ["", "![mIoU over time](miou.png)", "", "![bandwidth](bandwidth.png)", ""]
     return "\n".join(lines)

@@ -127,6 +127,12 @@ def _report(plan: DemoPlan, fleet: Fleet, observer: FleetObserver, cloud_sha: di
         for entry in devices:
             traffic = observer.devices.get(entry["device_id"], DeviceTraffic())
             entry["shadowtutor"] = shadowtutor_entry(plan, fleet, entry["device_id"], traffic, sizes)
+    if plan.knobs.mode == "split":  # activations up, labels down (brief §10.8)
+        from cloudtutor.demo.split import split_entry
+
+        for entry in devices:
+            traffic = observer.devices.get(entry["device_id"], DeviceTraffic())
+            entry["split"] = split_entry(plan, entry["device_id"], traffic)
     return {
         "schema": SCHEMA,
         "videos": [str(v) for v in plan.videos],
