@@ -6,7 +6,6 @@ cloud's refusals of bad activations."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +21,8 @@ from cloudtutor.config.edge import EdgeConfig
 from cloudtutor.labelsink import read_labels
 from cloudtutor.models.registry import build_student
 from cloudtutor.service import REJECTED
-from cloudtutor.split.results import decode_result, encode_result, SplitResult
+from cloudtutor.testing.services import running_service
+from cloudtutor.split.results import SplitResult, decode_result, encode_result
 from cloudtutor.topics import Topics
 from cloudtutor.video import read_frames
 from cloudtutor_edge.agent import EdgeAgent
@@ -45,15 +45,8 @@ def ingest(mqtt_settings, redis_settings, data_root, prefix) -> Iterator[IngestS
     config = CloudConfig(mqtt=mqtt_settings.model_copy(update={"prefix": prefix}), redis=redis_settings,
                          framebuffer={"block_ms": 200}, models={"student_width": 256, "threads": 1, "data_root": data_root},
                          metrics_port=None)
-    svc = IngestService(config, health_port=None).start()
-    thread = threading.Thread(target=svc.run, daemon=True)
-    thread.start()
-    try:
+    with running_service(IngestService, config, join_s=WAIT) as svc:
         yield svc
-    finally:
-        svc.stop()
-        thread.join(WAIT)
-        svc.close()
 
 
 def test_edge_front_cloud_back_labels_every_frame(ingest, mqtt_settings, data_root, prefix, tmp_path) -> None:
