@@ -21,7 +21,7 @@ from test_edge_agent import (  # noqa: F401 (fixtures)
     Cloud, cloud, device_id, edge_view_v0, make_config, run_in_thread,
 )
 
-pytestmark = [pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.timeout(240)]  # the agent test runs real ESPNet frames; the join below bounds it
 
 
 def test_scheduler_follows_algorithm_4() -> None:
@@ -47,7 +47,7 @@ def test_scheduler_follows_algorithm_4() -> None:
 def test_agent_sends_key_frames_waits_and_strides(make_config, cloud, tmp_path, edge_view_v0) -> None:
     key = generate_key()
     save_public_key(key.public_key(), tmp_path / "update.pub")
-    config = make_config(speed=0, duration_s=6.0, update_public_key=tmp_path / "update.pub", drain_timeout_s=5.0,
+    config = make_config(speed=0, duration_s=4.0, update_public_key=tmp_path / "update.pub", drain_timeout_s=5.0,
                          initial_knobs={"mode": "shadowtutor", "infer_fps": 5.0})
     view, mid = edge_view_v0
     dev = config.device_id
@@ -71,7 +71,7 @@ def test_agent_sends_key_frames_waits_and_strides(make_config, cloud, tmp_path, 
     cloud.should_ack = respond
     agent = EdgeAgent(config)
     thread, rc = run_in_thread(agent)
-    thread.join(90)
+    thread.join(200)  # 20 frames of real ESPNet plus two 4 s waits; generous for a loaded CPU
     for t in timers:
         t.cancel()
     assert rc == [0]

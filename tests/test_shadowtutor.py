@@ -15,7 +15,7 @@ from cloudtutor.modelstate import round_to_fp16_
 from cloudtutor.shadowtutor import bounds
 from cloudtutor.shadowtutor.partial import freeze_front, train_key_frame, trainable_names
 from cloudtutor.shadowtutor.weighting import object_weights
-from tests.test_distill import camvid
+from test_distill import camvid  # tests/ is on sys.path (rootdir-less test folder)
 
 pytestmark = pytest.mark.timeout(120)
 

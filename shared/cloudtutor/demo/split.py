@@ -9,6 +9,7 @@ from typing import Any
 
 
 def split_entry(plan, device_id: str, traffic) -> dict[str, Any]:
+    from cloudtutor.config.edge import EdgeConfig
     from cloudtutor.demo.edgeplan import sink_path
 
     sink = sink_path(plan, device_id)
@@ -16,7 +17,8 @@ def split_entry(plan, device_id: str, traffic) -> dict[str, Any]:
     edge = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     n = traffic.activation_messages
     return {
-        "split_layer": plan.knobs.split_layer, "codec": plan.split_codec or "(edge default)",
+        "split_layer": plan.knobs.split_layer,
+        "codec": plan.split_codec or EdgeConfig.model_fields["split_codec"].default,  # the edges ran the default
         "frames_sent": edge.get("split_sent"), "labels_received": edge.get("split_received"),
         "labels_lost": edge.get("split_lost"),
         "up_bytes_per_frame": round(traffic.activation_bytes / n, 1) if n else None,
