@@ -74,9 +74,9 @@ def decompress(data: bytes, method: Compression, max_size: int) -> bytes:
         import zstandard
 
         return zstandard.ZstdDecompressor().decompress(data, max_output_size=max_size)
-    except (zlib.error, ValueError) as exc:
-        if isinstance(exc, UpdateRejected):
-            raise
+    except UpdateRejected:
+        raise
+    except Exception as exc:  # zlib.error, zstandard.ZstdError (not a ValueError): all "corrupt"
         raise UpdateRejected(Reason.CORRUPT_BODY, f"cannot {method}-decompress: {exc}") from None
 
 

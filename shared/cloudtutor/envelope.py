@@ -117,6 +117,8 @@ def decode(
         raw = json.loads(bytes(view[PREFIX_LEN:body_start]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EnvelopeError(Reject.HEADER_NOT_JSON, str(exc)) from None
+    except RecursionError:
+        raise EnvelopeError(Reject.HEADER_NOT_JSON, "header JSON nested too deeply") from None
     if not isinstance(raw, dict):
         raise EnvelopeError(Reject.HEADER_NOT_JSON, f"header is a JSON {type(raw).__name__}, not an object")
 

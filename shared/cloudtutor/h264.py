@@ -31,7 +31,12 @@ from cloudtutor.accmpeg.rects import mask_to_rects
 
 
 class ChunkDecodeError(ValueError):
-    """The bytes are not a decodable H.264 chunk of the announced shape."""
+    """The bytes are not a decodable H.264 chunk of the announced shape;
+    ``reason`` (bad_h264, frame_size, frame_count) is the metrics label."""
+
+    def __init__(self, detail: str, reason: str = "bad_h264") -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 def round16(value: float) -> int:
@@ -152,6 +157,8 @@ def _decode_each(ctx, data: bytes, take) -> None:
                 take(frame)
         for frame in ctx.decode(None):
             take(frame)
+    except ChunkDecodeError:
+        raise  # take()'s own refusal, with its reason
     except (av.error.FFmpegError, ValueError) as exc:
         raise ChunkDecodeError(f"H.264 decode failed: {exc}") from None
 
@@ -168,17 +175,18 @@ def decode_chunk(data: bytes, *, expect_frames: int | None = None, expect_size: 
     def take(frame) -> None:
         if expect_size is not None and (frame.width, frame.height) != tuple(expect_size):
             raise ChunkDecodeError(
-                f"frame {len(frames)} is {frame.width}x{frame.height}, header announces {expect_size[0]}x{expect_size[1]}"
+                f"frame {len(frames)} is {frame.width}x{frame.height}, header announces {expect_size[0]}x{expect_size[1]}",
+                "frame_size",
             )
         if expect_frames is not None and len(frames) >= expect_frames:
-            raise ChunkDecodeError(f"decoded more than the {expect_frames} frames the header announces")
+            raise ChunkDecodeError(f"decoded more than the {expect_frames} frames the header announces", "frame_count")
         frames.append(frame.to_ndarray(format="rgb24"))
 
     _decode_each(ctx, data, take)
     if not frames:
         raise ChunkDecodeError("no frame decoded")
     if expect_frames is not None and len(frames) != expect_frames:
-        raise ChunkDecodeError(f"decoded {len(frames)} frames, header announces {expect_frames}")
+        raise ChunkDecodeError(f"decoded {len(frames)} frames, header announces {expect_frames}", "frame_count")
     return frames
 
 

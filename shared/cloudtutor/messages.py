@@ -74,6 +74,7 @@ class ControlState(Message):
     knobs: Knobs = Field(default_factory=Knobs)
     version: int = Field(0, ge=0, description="Increments on every change.")
     reason: str | None = Field(None, max_length=2000, description="Why the controller last changed the knobs.")
+    video_ms: int | None = Field(None, ge=0, description="Video time of the evidence behind the last change (none: an operator's set).")
     rejected: list[str] = Field(default_factory=list)
 
 
@@ -87,14 +88,22 @@ class MessageError(ValueError):
 T = TypeVar("T", bound=BaseModel)
 
 
-def decode_json(model: type[T], payload: bytes | str) -> T:
-    """Parse ``payload`` as ``model``; MessageError(reason) on any problem."""
+def parse_json(payload: bytes | str) -> object:
+    """The JSON value of a small message; MessageError("oversize" | "not_json")."""
     if len(payload) > MAX_JSON_BYTES:
         raise MessageError("oversize", f"{len(payload)} bytes exceeds {MAX_JSON_BYTES}")
     try:
-        data = json.loads(payload)
+        return json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MessageError("not_json", str(exc)) from None
+    except RecursionError:
+        # A few KB of "[[[[..." nest deeper than the parser's stack.
+        raise MessageError("not_json", "JSON nested too deeply") from None
+
+
+def decode_json(model: type[T], payload: bytes | str) -> T:
+    """Parse ``payload`` as ``model``; MessageError(reason) on any problem."""
+    data = parse_json(payload)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -49,7 +49,12 @@ def verify_header(header: EnvelopeHeader, key: Ed25519PublicKey) -> None:
     if not signature:
         raise SignatureError("update is not signed")
     try:
-        key.verify(base64.b64decode(signature, validate=True), signed_bytes(header))
+        raw = base64.b64decode(signature, validate=True)
+        # One spelling per signature: base64 ignores a final character's spare
+        # bits, so without this, copies of one update could differ in bytes.
+        if base64.b64encode(raw).decode() != signature:
+            raise ValueError("non-canonical base64")
+        key.verify(raw, signed_bytes(header))
     except (InvalidSignature, ValueError):
         raise SignatureError("signature does not verify with this device's update key") from None
 

@@ -333,6 +333,22 @@ def decode(
 ) -> Decoded:
     """Reconstruct the activations of ``body``; ``expected`` maps every name
     the cloud needs to its ``C x H x W`` shape. Raises :class:`CodecError`."""
+    try:
+        return _decode(body, cfg, expected, reference)
+    except CodecError:
+        raise
+    except (TypeError, KeyError, AttributeError, IndexError, OverflowError, ValueError) as exc:
+        # Meta JSON of the wrong shape (a list where an object belongs...): the
+        # checks below trust types only after testing them; whatever slips past is corrupt too.
+        raise CodecError(f"malformed activations meta: {type(exc).__name__}: {exc}") from None
+
+
+def _decode(
+    body: bytes,
+    cfg: CodecConfig,
+    expected: Mapping[str, tuple[int, int, int]],
+    reference: Mapping[str, np.ndarray] | None,
+) -> Decoded:
     if len(body) < 8 or body[:4] != MAGIC:
         raise CodecError("not an activations body (bad magic)")
     (meta_len,) = struct.unpack("<I", body[4:8])
