@@ -259,9 +259,10 @@ class Uplink:
     def stats(self) -> dict[str, float]:
         m = self.metrics
         return {
+            "chunks_made": self.next_seq,  # seqs 0..n-1 of this boot: published, or dropped from the spool first
             "chunks_published": m.get(_M.PUBLISHED),
             "chunks_resent": m.get(_M.RESENT),
-            "chunks_acked": m.get(_M.ACKED),
+            "chunks_acked": self.spool.acked,  # counted before wait_empty() wakes (the metric may lag)
             "chunks_dropped": m.total(_M.DROPPED),
             "chunk_frames": m.get(_M.FRAMES),
             "roi_chunks": m.get(_M.ROI_CHUNKS),

@@ -500,7 +500,10 @@ class RedisServer(_ServerProcess):
     """A ``redis-server`` with no snapshots (``--save ""``) by default.
 
     Parameters: ``appendonly`` [False] (AOF in the server's folder, so data
-    survives ``restart()``), ``password`` [None] (``--requirepass``),
+    survives ``restart()``), ``appendfsync`` ["everysec", Redis' own default;
+    "always" fsyncs before each reply, so a write Redis acknowledged survives
+    kill -9: what the fault suite and the demo use, brief §10.4],
+    ``password`` [None] (``--requirepass``),
     ``maxmemory`` [None, e.g. "256mb"] with ``maxmemory_policy``
     ["noeviction": writes fail loudly instead of silently evicting frames],
     ``extra_args`` (passed verbatim).
@@ -517,6 +520,7 @@ class RedisServer(_ServerProcess):
         host: str = LOOPBACK,
         workdir: str | os.PathLike[str] | None = None,
         appendonly: bool = False,
+        appendfsync: str = "everysec",
         password: str | None = None,
         maxmemory: str | None = None,
         maxmemory_policy: str = "noeviction",
@@ -529,7 +533,10 @@ class RedisServer(_ServerProcess):
             port=port, host=host, workdir=workdir, start_timeout_s=start_timeout_s,
             stop_timeout_s=stop_timeout_s, binary=binary,
         )
+        if appendfsync not in ("always", "everysec", "no"):
+            raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.password = password
         self.maxmemory = maxmemory
         self.maxmemory_policy = maxmemory_policy
@@ -555,6 +562,7 @@ class RedisServer(_ServerProcess):
             "--dir", str(self.workdir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
             "--daemonize", "no",
             "--logfile", "",
         ]
