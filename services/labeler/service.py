@@ -8,8 +8,8 @@ For each FrameRef on UPSCALED (read with its consumer group):
    uint8 class ids, 255 = ignore;
 2. store the frame resized to that size (``sample_blob(dev, pts)``, RGB
    uint8) and the labels (``label_blob(dev, pts)``) as array blobs;
-3. append ``{sample, label, model_version, pts_ms}`` to the device's horizon
-   stream at ID ``{pts_ms}-*`` (video time, brief §10.1);
+3. append ``{sample, label, model_version, pts_ms[, phi]}`` to the device's
+   horizon stream at ID ``{pts_ms}-*`` (video time, brief §10.1);
 4. φ = 1 − mIoU of these labels against those of the device's previous
    sampled frame (``phi_score``) as a ``phi`` Signal on SIGNALS; none for a
    device's first frame;
@@ -95,9 +95,23 @@ class LabelerService(Service):
 
     def step(self) -> bool:
         entries = self.reader.next()
-        done = [e.id for e in entries if self._process(e)]
-        self.reader.ack(done)  # only after the outputs are written
+        done = [e for e in entries if self._process(e)]
+        self.reader.ack([e.id for e in done])  # only after the outputs are written
+        self._release(done)
         return bool(entries)
+
+    def _release(self, entries: list[StreamEntry]) -> None:
+        """Delete the frames just labelled (upscaled and low-resolution): the
+        labeler is their last reader, the horizon keeps its own resized copy.
+        Left to the blob TTL (a safety net, brief §10.1) they held every frame
+        of the last hour in Redis: ~3 MB per sampled frame, growing all
+        through `bench load`. After the ack, so a crash in between leaves
+        them to the TTL rather than losing a frame."""
+        names = []
+        for entry in entries:
+            ref = FrameRef.from_fields(entry.fields)
+            names += [n for n in (ref.frame, ref.lowres) if n]
+        self.fb.delete(*names)
 
     # -- one frame --------------------------------------------------------------------
 
@@ -123,14 +137,17 @@ class LabelerService(Service):
         sample_name = sample_blob(ref.device_id, ref.pts_ms)
         self.fb.put_array(sample_name, resize_rgb(frame, size))
         self.fb.put_array(label_name, labels)
+        phi = self._phi(ref, labels, prev)
         try:
-            self._add_sample(ref, sample_name, label_name)
+            self._add_sample(ref, sample_name, label_name, phi)
         except HorizonOrderError as exc:
             # Older than the horizon's newest sample although the previous-label
             # record said otherwise (it expired or was lost): never insert out of order.
             self.fb.delete(sample_name, label_name)
             return self._drop(entry, "stale", str(exc))
-        self._signal_phi(ref, labels, prev)
+        if phi is not None:
+            self.fb.add(SIGNALS, Signal(device_id=ref.device_id, kind="phi", value=phi, video_ms=ref.pts_ms).to_fields())
+            self.metrics.inc(PHI)
         self._remember(ref, label_name)
         self._trim(ref.device_id, ref.pts_ms)
         self.metrics.inc(LABELED)
@@ -151,11 +168,13 @@ class LabelerService(Service):
 
     # -- horizon ------------------------------------------------------------------------
 
-    def _add_sample(self, ref: FrameRef, sample_name: str, label_name: str) -> None:
+    def _add_sample(self, ref: FrameRef, sample_name: str, label_name: str, phi: float | None) -> None:
         # A redelivered frame (crash after this, before the ack) is already there.
         if self.fb.horizon_range(ref.device_id, ref.pts_ms, ref.pts_ms, count=1):
             return
         fields = {"sample": sample_name, "label": label_name, "model_version": ref.model_version, "pts_ms": ref.pts_ms}
+        if phi is not None:  # the trainer's fleet schedule weighs devices by recent φ (brief §10.10)
+            fields["phi"] = f"{phi:.6f}"
         self.fb.horizon_add(ref.device_id, ref.pts_ms, fields)
 
     def _trim(self, device_id: str, newest_ms: int) -> None:
@@ -185,19 +204,17 @@ class LabelerService(Service):
             self.log.warning("unreadable previous-label record of %s; starting over", device_id)
             return None
 
-    def _signal_phi(self, ref: FrameRef, labels: np.ndarray, prev: Previous | None) -> None:
+    def _phi(self, ref: FrameRef, labels: np.ndarray, prev: Previous | None) -> float | None:
         """φ against the previous sampled frame; none for the first frame (or a redelivered one)."""
         if prev is None or prev.pts_ms >= ref.pts_ms:
-            return
+            return None
         prev_labels = self.fb.get_array(prev.label)
         if prev_labels is None:
-            return  # expired: nothing to compare with (counted by the frame buffer)
+            return None  # expired: nothing to compare with (counted by the frame buffer)
         if prev_labels.shape != labels.shape:
             # The source size changed between the two frames: compare at this one's.
             prev_labels = resize_labels(prev_labels, (labels.shape[1], labels.shape[0]))
-        phi = phi_score(labels, prev_labels, num_classes=self.num_classes)
-        self.fb.add(SIGNALS, Signal(device_id=ref.device_id, kind="phi", value=phi, video_ms=ref.pts_ms).to_fields())
-        self.metrics.inc(PHI)
+        return phi_score(labels, prev_labels, num_classes=self.num_classes)
 
     def _remember(self, ref: FrameRef, label_name: str) -> None:
         record = json.dumps({"label": label_name, "pts_ms": ref.pts_ms})

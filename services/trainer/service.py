@@ -20,7 +20,16 @@ d. version, model id, last phase time, weights and optimizer state are
 
 Several devices share one model instance: each phase loads the device's
 state from Redis and stores it back (nothing device-specific stays in
-memory), and devices take turns (round-robin, one phase per step).
+memory). Devices are sharded across trainer replicas by leases
+(:mod:`cloudtutor.fleet.leases`, ``trainer.fleet``): a replica serves only
+the devices it leases, a dead replica's devices move to a live one when its
+leases expire, and the new holder continues from the state in Redis (the
+version goes on from where it was; the state and UpdateRef are written only
+while the lease is held). Within a replica, due devices take turns by
+smooth weighted round-robin with weight = recent φ̄, read from the horizon
+samples' ``phi`` (:mod:`cloudtutor.algorithms.fleet_schedule`, AMS §4,
+brief §10.10): faster-changing scenes get more phases when the replica
+cannot keep up with all of its devices.
 
 Redis (all under the frame buffer's key prefix ``P``):
 
@@ -50,8 +59,10 @@ import numpy as np
 import torch
 
 from cloudtutor import distill
+from cloudtutor.algorithms import fleet_schedule
 from cloudtutor.algorithms.masked_adam import MaskedAdam, state_from_bytes, state_to_bytes
 from cloudtutor.bus import Message
+from cloudtutor.fleet.leases import LeaseKeeper, LeaseStore
 from cloudtutor.framebuffer import HorizonSample
 from cloudtutor.knobs import Knobs
 from cloudtutor.messages import ControlState
@@ -66,6 +77,8 @@ PHASE_SECONDS = "cloudtutor_trainer_phase_seconds"
 ACCURACY = "cloudtutor_trainer_edge_miou"
 BOOTSTRAPS = "cloudtutor_trainer_bootstraps_total"
 SKIPPED = "cloudtutor_trainer_phases_skipped_total"
+FENCED = "cloudtutor_trainer_phases_fenced_total"  # a phase whose lease moved before it was stored
+WEIGHT = "cloudtutor_trainer_device_weight"  # gauge {device_id}: the round-robin weight
 
 
 def state_key(prefix: str, device_id: str) -> str:
@@ -140,7 +153,12 @@ class TrainerService(Service):
         self.lut = distill.target_lut(self.mapping)
         self._knobs: dict[str, Knobs] = {}
         self._knobs_lock = threading.Lock()
-        self._cursor = 0
+        self._credit: dict[str, float] = {}  # smooth weighted round-robin credits (fleet_schedule)
+        self._last_miou: dict[str, float] = {}
+        self._drop: dict[str, float] = {}
+        fleet = self.settings.fleet
+        store = LeaseStore(self.fb.redis, self.fb.prefix, self.group, self.consumer, round(fleet.lease_ttl_s * 1000))
+        self.leases = LeaseKeeper(store, self.all_devices, metrics=self.metrics).start()
         # Retained state every replica needs: a plain (not shared) subscription,
         # since shared subscriptions do not deliver retained messages (MQTT v5).
         self.bus.subscribe(self.topics.all_devices(Leaf.CONTROL_STATE), self._on_control_state, qos=1, wait=True)
@@ -164,19 +182,50 @@ class TrainerService(Service):
 
     # -- the loop ---------------------------------------------------------------------
 
+    def teardown(self) -> None:
+        self.leases.stop(release=True)  # a graceful stop hands the devices over at once
+
     def step(self) -> bool:
-        """One bootstrap or one phase, for the next due device in round-robin order."""
-        devices = self.devices()
-        for i in range(len(devices)):
-            index = (self._cursor + i) % len(devices)
-            if self.serve_device(devices[index]):
-                self._cursor = index + 1
+        """One bootstrap or one phase, for the due device first in weighted round-robin order."""
+        self.leases.refresh()
+        weights = self.weights(self.devices())
+        skipped: list[str] = []
+        for device_id in fleet_schedule.wrr_order(self._credit, weights):
+            self.leases.busy = device_id  # never released by the lease keeper mid-phase
+            try:
+                served = self.serve_device(device_id)
+            finally:
+                self.leases.busy = None
+            if served:
+                self._credit = fleet_schedule.wrr_charge(self._credit, weights, device_id, skipped)
                 return True
+            skipped.append(device_id)
         self.stop_event.wait(self.settings.poll_s)
         return False
 
-    def devices(self) -> list[str]:
+    def all_devices(self) -> list[str]:
+        """Every device the labeler has seen (what the replicas share)."""
         return sorted(d.decode() for d in self.fb.redis.smembers(self.fb.devices_key()))
+
+    def devices(self) -> list[str]:
+        """The devices this replica serves: those it leases."""
+        return self.leases.held()
+
+    def weights(self, devices: Sequence[str]) -> dict[str, float]:
+        """Round-robin weight per device: recent φ̄ from the horizon (brief §10.10)."""
+        fleet = self.settings.fleet
+        out = {}
+        for device_id in devices:
+            out[device_id] = fleet_schedule.device_weight(
+                self.phi_mean(device_id), self._drop.get(device_id), floor=fleet.weight_floor, drop_gain=fleet.drop_gain)
+            self.metrics.set(WEIGHT, out[device_id], device_id=device_id)
+        return out
+
+    def phi_mean(self, device_id: str) -> float | None:
+        """Mean φ of the newest ``phi_window`` horizon samples that carry one; None if none does."""
+        raw = self.fb.redis.xrevrange(self.fb.horizon_key(device_id), count=self.settings.fleet.phi_window)
+        phis = [float(fields[b"phi"]) for _, fields in raw if b"phi" in fields]
+        return sum(phis) / len(phis) if phis else None
 
     def serve_device(self, device_id: str) -> bool:
         """Bootstrap the device, or run its phase if one is due; True if it did either."""
@@ -305,10 +354,20 @@ class TrainerService(Service):
             params_sha256=distill.vector_sha256(weights), metric=miou if math.isfinite(miou) else None,
             video_ms=newest_ms,
         )
-        pipe = self.fb.redis.pipeline(transaction=True)
-        pipe.hset(state_key(self.fb.prefix, device_id), mapping=new_state.to_fields())
-        pipe.xadd(self.fb.stream_key(UPDATES), ref.to_fields(), maxlen=self.fb.settings.stream_maxlen, approximate=True)
-        pipe.execute()
+
+        def commit(pipe) -> None:
+            pipe.hset(state_key(self.fb.prefix, device_id), mapping=new_state.to_fields())
+            pipe.xadd(self.fb.stream_key(UPDATES), ref.to_fields(), maxlen=self.fb.settings.stream_maxlen, approximate=True)
+
+        if not self.leases.store.fenced(device_id, commit):
+            # The lease moved during the phase: the new holder trains from the stored state.
+            self.metrics.inc(FENCED, device_id=device_id)
+            self.log.warning("%s: lease lost during the phase; version %d not stored", device_id, version)
+            return
+        if math.isfinite(miou):
+            if device_id in self._last_miou:
+                self._drop[device_id] = self._last_miou[device_id] - miou
+            self._last_miou[device_id] = miou
         self.metrics.inc(PHASES, device_id=device_id)
         self.metrics.set(PHASE_SECONDS, report.seconds, device_id=device_id)
         self.log.info(

@@ -85,6 +85,25 @@ class ShadowTutorSettings(Section):
     )
 
 
+class FleetSettings(Section):
+    """trainer replicas and devices: leases (brief §10.4) and weighted round-robin (§10.10)."""
+
+    lease_ttl_s: float = Field(
+        15.0, ge=0.3, le=600,
+        description="Wall seconds a replica's device lease lasts unless renewed (every third of it): how long a dead "
+        "replica's devices wait for another replica.",
+    )
+    phi_window: int = Field(
+        10, ge=1, le=1000, description="Newest horizon samples whose phi are averaged into the device's weight (phi-bar).",
+    )
+    weight_floor: float = Field(0.05, gt=0, le=1, description="Smallest weight, so that a static scene is still trained.")
+    drop_gain: float = Field(
+        0.0, ge=0, le=100,
+        description="Weight added per point (0-1) of the device's last accuracy drop between phases; 0 weighs by phi-bar "
+        "alone, as the brief's §10.10 and the AMS code do.",
+    )
+
+
 class TrainerSettings(ServiceSection):
     """trainer: AMS Algorithms 1 and 2 per device (brief §5); ShadowTutor's Algorithm 1 for devices in that mode."""
 
@@ -110,6 +129,7 @@ class TrainerSettings(ServiceSection):
     )
     seed: int = Field(0, description="Seed of coordinate and mini-batch sampling.")
     shadowtutor: ShadowTutorSettings = Field(default_factory=ShadowTutorSettings, description="ShadowTutor mode.")
+    fleet: FleetSettings = Field(default_factory=FleetSettings, description="Device leases and scheduling across devices.")
 
 
 class PublisherSettings(ServiceSection):
@@ -122,6 +142,87 @@ class PublisherSettings(ServiceSection):
         100, ge=0, le=5_000,
         description="How long one loop step waits for new updates; bounds the delay of acks, resyncs and timeouts.",
     )
+
+
+class ProfilePoint(Section):
+    """One quality of the bitrate policy's prior profile."""
+
+    scale: float = Field(ge=1.0, le=8.0, description="Downscale factor (the scale knob).")
+    crf: float = Field(ge=0.0, le=51.0, description="x264 CRF (the crf knob).")
+    roi_qoffset: float = Field(0.0, ge=-1.0, le=0.0, description="AccMPEG ROI offset (the roi_qoffset knob; needs an AccModel on the edge).")
+    relative_bytes: float = Field(gt=0, description="Bytes per frame relative to the reference quality (the one with 1.0).")
+    accuracy: float = Field(ge=0.0, le=1.0, description="Teacher mIoU on frames sent at this quality against the originals.")
+
+
+# `cloudtutor bench bitrate` on the two real videos (12 frames each, one a second,
+# chunks of 10, bicubic up): the mean of both; the reference is x1 CRF 18.
+MEASURED_PROFILE = [
+    {"scale": s, "crf": c, "relative_bytes": b, "accuracy": a}
+    for s, c, b, a in [
+        (1, 18, 1.0, 0.4973), (1, 23, 0.5449, 0.394), (1, 28, 0.283, 0.312), (1, 33, 0.1465, 0.2129),
+        (1.5, 18, 0.4424, 0.3627), (1.5, 23, 0.2446, 0.2822), (1.5, 28, 0.1351, 0.213), (1.5, 33, 0.0745, 0.1408),
+        (2, 18, 0.2661, 0.3115), (2, 23, 0.1485, 0.245), (2, 28, 0.0845, 0.1492), (2, 33, 0.0475, 0.0777),
+        (3, 18, 0.1404, 0.1951), (3, 23, 0.0796, 0.1116), (3, 28, 0.0458, 0.0795), (3, 33, 0.0276, 0.0542),
+        (4, 18, 0.0932, 0.1374), (4, 23, 0.0552, 0.0718), (4, 28, 0.0328, 0.0447), (4, 33, 0.0209, 0.026),
+    ]
+]
+
+
+class BitrateSettings(Section):
+    """controller.bitrate: pick scale, CRF (and ROI offset) under the uplink budget, lower the rate last (brief §10.6)."""
+
+    enabled: bool = Field(True, description="Run the policy; a device's quality knobs move once its first chunk is seen.")
+    prior: list[ProfilePoint] = Field(
+        default_factory=lambda: [ProfilePoint(**p) for p in MEASURED_PROFILE],
+        description="Offline profile the policy starts from (`cloudtutor bench bitrate` on the real videos: at 960x540, "
+        "x1 CRF 18 is about 11 KB a frame and keeps teacher mIoU 0.50 against the originals; x2 CRF 23 0.15 of the "
+        "bytes, 0.25).",
+    )
+    reference_bytes: float = Field(
+        12000.0, gt=0, description="Bytes per frame of the reference quality assumed before a device's first chunk.",
+    )
+    headroom: float = Field(0.9, gt=0, le=1, description="Share of the budget the expected uplink may use.")
+    upgrade_margin: float = Field(
+        0.75, gt=0, le=1,
+        description="Hysteresis: a costlier quality is taken only if it expects at most this share of the budget.",
+    )
+    min_gain: float = Field(0.01, ge=0, le=1, description="Hysteresis: smallest expected accuracy gain worth a change.")
+    min_dwell_s: float = Field(
+        20.0, ge=0, description="Hysteresis: video seconds after a change before a costlier quality is taken (downgrades are immediate).",
+    )
+    rate_step: float = Field(0.05, gt=0, le=1, description="fps step the rate is lowered in when no quality fits.")
+    starved_useful_threshold: float = Field(
+        0.2, ge=0, le=1,
+        description="Frame selector's useful threshold while over budget even at r_min with the cheapest quality "
+        "(more stale frames dropped); the default knob's value otherwise.",
+    )
+    halflife_s: float = Field(10.0, gt=0, description="Half-life in video seconds of the sent-rate estimate.")
+    bytes_weight: float = Field(0.3, gt=0, le=1, description="EWMA weight of each chunk in the profile's bytes level.")
+    accuracy_weight: float = Field(0.2, gt=0, le=1, description="EWMA weight of each accuracy signal per quality.")
+    accuracy_n0: float = Field(
+        5.0, ge=0, description="Accuracy signals at which a quality's online accuracy weighs as much as its prior.",
+    )
+    link_fraction: float | None = Field(
+        None, gt=0, le=1,
+        description="Cap the budget at this share of the measured link rate (chunk bytes over transit time); none: "
+        "only reported, since small chunks make that rate a latency-bound underestimate.",
+    )
+
+
+class AtrSettings(Section):
+    """controller.atr: hibernate a device's training at low sampling rates (brief §10.10, the AMS authors' code)."""
+
+    enabled: bool = Field(True, description="Adapt each device's t_update_s knob.")
+    hibernate_below_fps: float = Field(0.25, gt=0, description="Hibernate when the mean sampling rate over a period is below this.")
+    wake_above_fps: float = Field(0.35, gt=0, description="Wake when it is above this.")
+    growth_s: float = Field(2.0, ge=0, description="Seconds added to the update period per period spent hibernating.")
+    max_factor: float = Field(6.0, ge=1, description="Longest update period as a multiple of the base T_update.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AtrSettings:
+        if self.wake_above_fps < self.hibernate_below_fps:
+            raise ValueError("wake_above_fps must not be below hibernate_below_fps")
+        return self
 
 
 class ControllerSettings(ServiceSection):
@@ -139,6 +240,32 @@ class ControllerSettings(ServiceSection):
     asr_max_fps: float = Field(1.0, gt=0, description="ASR r_max.")
     default_knobs: Knobs = Field(default_factory=Knobs, description="Knobs of a device the controller has not seen before.")
     fleet_status_every_s: float = Field(5.0, gt=0, description="Wall seconds between fleet/status summaries.")
+    bitrate: BitrateSettings = Field(default_factory=BitrateSettings, description="The bitrate knob policy (issue 8).")
+    atr: AtrSettings = Field(default_factory=AtrSettings, description="Adaptive training rate: T_update per device (brief §10.10).")
+
+
+class ScalerSettings(Section):
+    """``cloudtutor scaler``: replicas of the labeler and trainer Deployments from the online devices (brief §10.6)."""
+
+    namespace: str = Field("cloudtutor", description="Namespace of the Deployments (in a pod: its own namespace file wins).")
+    labeler_deployment: str = Field("cloudtutor-labeler", description="Name of the labeler's Deployment.")
+    trainer_deployment: str = Field("cloudtutor-trainer", description="Name of the trainer's Deployment.")
+    devices_per_labeler: int = Field(
+        4, ge=1, le=1000,
+        description="Devices one labeler replica serves: at 1 fps sampled per device the teacher's ~0.25 s a frame on 2 CPU "
+        "cores leaves room for about 4.",
+    )
+    devices_per_trainer: int = Field(
+        9, ge=1, le=1000, description="Devices one trainer replica serves (AMS §4: 9 per V100 within 1 point of mIoU).",
+    )
+    min_replicas: int = Field(1, ge=0, le=1000, description="Fewest replicas of each of the two.")
+    max_replicas: int = Field(16, ge=1, le=1000, description="Most replicas of each of the two.")
+    interval_s: float = Field(30.0, gt=0, description="Wall seconds between scaling decisions.")
+    scale_down_delay_s: float = Field(
+        300.0, ge=0,
+        description="A lower count must hold this long before replicas are removed (devices that blink offline "
+        "do not cost a lease move); scaling up is immediate.",
+    )
 
 
 class CloudConfig(Section):
@@ -156,6 +283,7 @@ class CloudConfig(Section):
     trainer: TrainerSettings = Field(default_factory=TrainerSettings, description="trainer service.")
     publisher: PublisherSettings = Field(default_factory=PublisherSettings, description="publisher service.")
     controller: ControllerSettings = Field(default_factory=ControllerSettings, description="controller service.")
+    scaler: ScalerSettings = Field(default_factory=ScalerSettings, description="cloudtutor scaler (labeler and trainer replicas).")
 
 
 def load_cloud_config(path: str | Path | None = None, **kwargs) -> CloudConfig:
