@@ -134,3 +134,46 @@ def test_fleet_status_summarises_devices(controller, operator):
             break
     assert doc["devices"]["cam-4"]["model_version"] == 4 and doc["online"] >= 1
     bus.publish(controller.topics.status("cam-4"), b"", qos=1, retain=True)  # clear the retained status
+
+
+def chunk_signal(device: str, t_s: int, nbytes: int, crf: float = 18, sent=(960, 544)) -> dict:
+    """ingest's chunk signal: 10 frames ending at ``t_s`` of video, encoded at ``sent`` and ``crf``."""
+    return Signal(device_id=device, kind="chunk", value=10, video_ms=t_s * 1000, bytes=nbytes, sent_at=1000.0 + t_s,
+                  arrived_at=1000.2 + t_s, source_width=960, source_height=540, sent_width=sent[0], sent_height=sent[1],
+                  crf=crf).to_fields()
+
+
+def test_a_budget_drop_moves_quality_first_and_the_rate_last(config, controller, operator):
+    """End to end over the real broker and Redis: chunks at x1 CRF 18 (about 90 Kbps at
+    1 fps), then the operator drops the budget: the controller lowers scale or CRF at once
+    and keeps the rate; a budget no quality fits at 1 fps lowers the rate too."""
+    bus, inbox = operator
+    watch(bus, inbox, controller.topics.control_state("cam-5"))
+    bus.publish(controller.topics.control_set("cam-5"), json.dumps({"crf": 18, "uplink_budget_kbps": 200}), qos=1)
+    next_state(inbox, lambda s: s.knobs.crf == 18 and s.knobs.uplink_budget_kbps == 200)
+    fb = FrameBuffer(config.redis, config.framebuffer)
+    try:
+        for t in range(10, 60, 10):
+            fb.add(SIGNALS, chunk_signal("cam-5", t, 110_000))
+        # the chunks are read and fit 200 Kbps: nothing to change, and the estimate shows in fleet/status
+        fleet: queue.Queue[Message] = queue.Queue()
+        watch(bus, fleet, controller.topics.fleet_status())
+        while True:
+            doc = json.loads(fleet.get(timeout=WAIT).payload)
+            est = doc["devices"].get("cam-5", {}).get("uplink_estimate", {})
+            if est.get("sent_kbps"):
+                break
+        assert est["sent_kbps"] == pytest.approx(88.0) and est["link_kbps"] == pytest.approx(4400.0)
+        bus.publish(controller.topics.control_set("cam-5"), json.dumps({"uplink_budget_kbps": 20}), qos=1)
+        state = next_state(inbox, lambda s: "bitrate" in (s.reason or ""))
+        k = state.knobs
+        assert (k.scale, k.crf) != (1, 18) and k.sample_fps == 1.0 and k.uplink_budget_kbps == 20
+        assert "downgrade" in state.reason and "budget 200 -> 20" in state.reason and state.video_ms == 50_000
+        # the new quality's expected uplink: its prior share of the level this device showed (11 KB/frame at x1 CRF 18)
+        prior = {(p.scale, p.crf): p.relative_bytes for p in config.controller.bitrate.prior}
+        assert 1.0 * 11_000 * prior[(k.scale, k.crf)] * 8 / 1000 <= 0.9 * 20
+        bus.publish(controller.topics.control_set("cam-5"), json.dumps({"uplink_budget_kbps": 1}), qos=1)
+        state = next_state(inbox, lambda s: s.knobs.uplink_budget_kbps == 1 and s.knobs.sample_fps < 1.0)
+        assert (state.knobs.scale, state.knobs.crf) == (4, 33) and "rate_limited" in state.reason
+    finally:
+        fb.close()

@@ -96,3 +96,12 @@ def test_result_round_trip_and_refusals() -> None:
         decode_result(b"XXXX" + data[4:])
     with pytest.raises(ValueError, match="labels|corrupt"):
         decode_result(data[:-3])
+
+
+def test_report_does_not_call_a_split_device_that_got_no_model_a_mismatch() -> None:
+    from cloudtutor.demo.report import _match
+
+    split = {"weights_sha256_match": False, "model_version": 0, "model_updates_applied": 0}
+    assert _match(split).startswith("n/a")
+    assert _match({**split, "model_version": 3, "model_updates_applied": 2}) == "False"  # a real mismatch stays visible
+    assert _match({**split, "weights_sha256_match": True}) == "True"

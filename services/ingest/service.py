@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import redis
@@ -67,6 +67,7 @@ class Chunk:
     header: ChunkHeader
     body: bytes
     wire_bytes: int
+    received_at: float = field(default_factory=time.time)  # the bitrate controller's link-rate estimate
 
 
 class IngestService(Service):
@@ -135,9 +136,13 @@ class IngestService(Service):
     def _decode(self, chunk: Chunk) -> list[np.ndarray]:
         started = time.perf_counter()
         try:
-            frames = decode_chunk(chunk.body)
+            # Bounded by the header: a hostile stream stops at its first frame
+            # of another size or past the announced count, not after decoding it all.
+            frames = decode_chunk(
+                chunk.body, expect_frames=len(chunk.header.frame_pts_ms), expect_size=chunk.header.sent_size,
+            )
         except ChunkDecodeError as exc:
-            raise ChunkRejected("bad_h264", str(exc)) from None
+            raise ChunkRejected(exc.reason, str(exc)) from None
         self.metrics.inc(DECODE_SECONDS, time.perf_counter() - started)
         announced = len(chunk.header.frame_pts_ms)
         if len(frames) != announced:
@@ -197,6 +202,10 @@ class IngestService(Service):
         signal = Signal(
             device_id=chunk.device_id, kind="chunk", value=float(len(frames)),
             video_ms=chunk.header.frame_pts_ms[-1], bytes=chunk.wire_bytes,
+            sent_at=chunk.header.created_at, arrived_at=chunk.received_at,
+            source_width=chunk.header.source_size[0], source_height=chunk.header.source_size[1],
+            sent_width=chunk.header.sent_size[0], sent_height=chunk.header.sent_size[1],
+            crf=chunk.header.crf, roi_qoffset=chunk.header.roi_qoffset,
         )
         if self._commit(chunk, refs, signal):
             self.metrics.inc(CHUNKS, result="ingested")

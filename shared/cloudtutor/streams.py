@@ -84,6 +84,15 @@ class Signal(Record):
     value: float
     video_ms: int = Field(ge=0)
     bytes: int | None = Field(None, ge=0, description="Payload size, for chunk and update signals.")
+    # Chunk signals: what the bitrate policy needs from the header and the arrival (issue 8).
+    sent_at: float | None = Field(None, description="Chunk: the edge's created_at (wall s).")
+    arrived_at: float | None = Field(None, description="Chunk: when ingest received it (wall s).")
+    source_width: int | None = Field(None, ge=1, description="Chunk: camera frame width.")
+    source_height: int | None = Field(None, ge=1, description="Chunk: camera frame height.")
+    sent_width: int | None = Field(None, ge=1, description="Chunk: encoded width.")
+    sent_height: int | None = Field(None, ge=1, description="Chunk: encoded height.")
+    crf: float | None = Field(None, ge=0, le=51, description="Chunk: x264 CRF it was encoded at.")
+    roi_qoffset: float | None = Field(None, ge=-1, le=1, description="Chunk: ROI qoffset it was encoded at.")
 
 
 class UpdateRef(Record):

@@ -16,7 +16,7 @@ from cloudtutor import envelope
 from cloudtutor.bus import Bus, Message
 from cloudtutor.config.common import MqttSettings
 from cloudtutor.headers import ChunkHeader, Kind
-from cloudtutor.messages import ChunkAck, MessageError, ModelReported, Telemetry, decode_json
+from cloudtutor.messages import ChunkAck, ControlState, MessageError, ModelReported, Telemetry, decode_json
 from cloudtutor.topics import Leaf, Topics, TopicError
 
 
@@ -34,6 +34,7 @@ class DeviceTraffic:
     telemetry: Telemetry | None = None
     reported: ModelReported | None = None
     reported_history: list[ModelReported] = field(default_factory=list)
+    states: list[ControlState] = field(default_factory=list)  # control/state as published (the knobs over time)
 
     @property
     def uplink_bytes(self) -> int:
@@ -60,7 +61,7 @@ class FleetObserver:
             raise RuntimeError("demo observer: no connection to the broker")
         t = self.topics
         for leaf in (Leaf.CHUNKS, Leaf.CHUNKS_ACK, Leaf.MODEL_DELTA, Leaf.MODEL_SNAPSHOT, Leaf.TELEMETRY, Leaf.MODEL_REPORTED,
-                     Leaf.ACTIVATIONS, Leaf.RESULTS):
+                     Leaf.ACTIVATIONS, Leaf.RESULTS, Leaf.CONTROL_STATE):
             self.bus.subscribe(t.all_devices(leaf), self._on_device, qos=1, wait=True, timeout=timeout)
         self.bus.subscribe(f"{t.prefix}/services/+/status", self._on_service, qos=1, wait=True, timeout=timeout)
         return self
@@ -113,6 +114,8 @@ class FleetObserver:
             dev.result_bytes += len(message.payload)
         elif leaf is Leaf.TELEMETRY:
             dev.telemetry = decode_json(Telemetry, message.payload)
+        elif leaf is Leaf.CONTROL_STATE and message.payload:
+            dev.states.append(decode_json(ControlState, message.payload))
         elif leaf is Leaf.MODEL_REPORTED and message.payload:
             dev.reported = decode_json(ModelReported, message.payload)
             dev.reported_history.append(dev.reported)

@@ -17,6 +17,9 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
     plot_miou(report, out / "miou.png")
     plot_bandwidth(report, out / "bandwidth.png")
+    from cloudtutor.demo.budget import plot as plot_budget
+
+    plot_budget(report, out / "budget.png")
 
 
 def _pct(value: float | None) -> str:
@@ -34,8 +37,15 @@ def _clock(report: dict[str, Any]) -> str:
     return f"Clock: video time, {pace}{held} (brief §10.1)."
 
 
+def _match(device: dict[str, Any]) -> str:
+    """A device that never got a model from the cloud (split mode runs its pretrained front) has nothing to match."""
+    if not device["weights_sha256_match"] and not device["model_version"] and not device["model_updates_applied"]:
+        return "n/a (no model sent)"
+    return str(device["weights_sha256_match"])
+
+
 def _setting(report: dict[str, Any]) -> str:
-    """The knobs that make runs differ in bytes: scale, CRF, ROI, and how the cloud upscales."""
+    """The knobs that make runs differ in bytes: scale, CRF, ROI, how the cloud upscales, and the mode."""
     k = report.get("knobs", {})
     sr = report.get("superres") or {}
     method = sr.get("method", "bicubic")
@@ -45,7 +55,7 @@ def _setting(report: dict[str, Any]) -> str:
     roi = "off"
     if report.get("roi_accmodel") and k.get("roi_qoffset", 0):
         roi = f"AccModel {Path(report['roi_accmodel']).name}, qoffset {k['roi_qoffset']:.3f} (x51 = {51 * k['roi_qoffset']:.0f} QP)"
-    return f"scale {k.get('scale', 1):g}, CRF {k.get('crf', 23):g}, ROI {roi}, upscaling: {upscale}"
+    return f"scale {k.get('scale', 1):g}, CRF {k.get('crf', 23):g}, ROI {roi}, upscaling: {upscale}; mode {k.get('mode', 'ams')}"
 
 
 def compare_reports(report: dict[str, Any], other: dict[str, Any], other_path: str) -> dict[str, Any]:
@@ -114,7 +124,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {d['device_id']} | {_pct(d['miou_vs_teacher']['adapted'])} | {_pct(d['miou_vs_teacher']['no_customization'])} "
             f"| {_points(ev['gain_points'])} | {_pct(first_a)} / {_pct(first_b)} | {_pct(pool_a)} / {_pct(pool_b)} "
-            f"| {d['model_updates_applied']} | {d['weights_sha256_match']} | {d['uplink_kbps']:.1f} | {d['downlink_kbps']:.1f} "
+            f"| {d['model_updates_applied']} | {_match(d)} | {d['uplink_kbps']:.1f} | {d['downlink_kbps']:.1f} "
             f"| {c['published']} / {c['ingested']} / {c['lost']} |"
         )
     lines += ["", "## Model updates", ""]
@@ -122,8 +132,8 @@ def markdown(report: dict[str, Any]) -> str:
         u = d["updates"]
         lines.append(
             f"- {d['device_id']}: {u['deltas']} deltas (mean {u['mean_delta_bytes']:.0f} bytes), {u['snapshots']} snapshots; "
-            f"full model {u['full_model_bytes']} bytes (float16, compressed), i.e. a delta is "
-            f"{u['full_model_bytes'] / max(u['mean_delta_bytes'], 1):.1f}x smaller."
+            f"full model {u['full_model_bytes']} bytes (float16, compressed)"
+            + (f", i.e. a delta is {u['full_model_bytes'] / max(u['mean_delta_bytes'], 1):.1f}x smaller." if u["deltas"] else ".")
         )
     from cloudtutor.demo.shadowtutor import markdown as shadowtutor_markdown
 
@@ -131,6 +141,9 @@ def markdown(report: dict[str, Any]) -> str:
 
     lines += shadowtutor_markdown(report)
     lines += split_markdown(report)
+    from cloudtutor.demo.budget import markdown as budget_markdown
+
+    lines += budget_markdown(report)
     lines += _comparison(report)
     lines += ["", "![mIoU over time](miou.png)", "", "![bandwidth](bandwidth.png)", ""]
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from cloudtutor.config.cloud import SERVICES
+from cloudtutor.demo.budget import add_budget, start_driver
 from cloudtutor.demo.evaluate import evaluate_device
 from cloudtutor.demo.observer import DeviceTraffic, FleetObserver
 from cloudtutor.demo.orchestrate import DemoPlan, Fleet, wait_until
@@ -31,6 +32,7 @@ def run_demo(plan: DemoPlan, *, compare_to: dict[str, Any] | None = None,
     fleet = Fleet(plan)
     observer = FleetObserver(fleet.mqtt).start()
     cloud_sha: dict[str, dict[int, str]] = {}
+    driver = None
     try:
         fleet.start_services()
         if not observer.wait_for(lambda o: o.services_online(SERVICES), timeout=180):
@@ -40,16 +42,21 @@ def run_demo(plan: DemoPlan, *, compare_to: dict[str, Any] | None = None,
             raise DemoError(f"services not healthy: {fleet.unhealthy_services()}")
         log.info("services online and healthy; starting %d edge agent(s)", plan.devices)
         fleet.start_edges()
+        driver = start_driver(plan, fleet, observer)  # --budget-schedule (issue 8)
         _follow(plan, fleet, observer)
         cloud_sha = _cloud_view_hashes(fleet, observer)
         fleet.save_metrics()
     finally:
+        if driver is not None:
+            driver.stop()
         observer.close()
         fleet.stop()
     wall_s = time.time() - started
     report = _report(plan, fleet, observer, cloud_sha, wall_s)
     if compare_to is not None:
         report["compared_to"] = compare_reports(report, compare_to, compare_path or "(given)")
+    if driver is not None:
+        add_budget(report, plan, observer, driver, compare_to)
     write_report(report, plan.out)
     return report
 
