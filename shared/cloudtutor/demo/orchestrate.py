@@ -45,20 +45,36 @@ class DemoPlan:
     superres: dict = field(default_factory=dict)  # e.g. {"method": "model", "model_path": ...} (CloudSeg)
     roi_accmodel: Path | None = None  # AccMPEG ROI encoding on the edges (with a nonzero roi_qoffset knob)
     split_codec: str | None = None  # split mode: the edges' activation codec (EdgeConfig.split_codec)
+    budget_schedule: list[tuple[float, float]] = field(default_factory=list)  # (video s, Kbps); the bitrate policy runs only with one
     prefix: str = "cloudtutor"
+    secure: bool = False  # --secure: broker auth + ACLs, TLS for the devices, Redis password (demo/secure.py)
 
 
 class Process:
     """A child process in its own session, logging to a file; it gets SIGTERM if the demo dies."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+                 *, append: bool = False) -> None:
         self.name = name
+        self.argv, self.env = list(argv), dict(env or {})
         self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop); a fresh log per run
+        # A fresh log per run; a restarted process (fault injection) appends.
+        self._log = open(log_path, "ab" if append else "wb")  # noqa: SIM115 (closed in stop)
         self.popen = subprocess.Popen(
-            list(argv), stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
             start_new_session=True, preexec_fn=die_with_parent,
         )
+
+    def kill(self) -> None:
+        """kill -9: no clean shutdown, no last words (the broker sends its will)."""
+        if self.running():
+            self.popen.kill()
+            self.popen.wait(10)
+        self._log.close()
+
+    def restarted(self) -> Process:
+        """The same command again, logging to the same file (after kill() or stop())."""
+        return Process(self.name, self.argv, self.log_path, self.env, append=True)
 
     def running(self) -> bool:
         return self.popen.poll() is None
@@ -93,11 +109,14 @@ class Fleet:
         (plan.out / "logs").mkdir(parents=True, exist_ok=True)
         (plan.out / "config").mkdir(parents=True, exist_ok=True)
         (plan.out / "sinks").mkdir(parents=True, exist_ok=True)
+        self.secure = None  # a demo.secure.SecureFleet with --secure
         self.mqtt, self.redis = self._servers()
         self.signing_key, self.public_key = self._keys()
         self.cloud = CloudConfig(
             mqtt=self.mqtt, redis=self.redis,
-            trainer=plan.trainer, superres=plan.superres, controller={"default_knobs": plan.knobs},
+            trainer=plan.trainer, superres=plan.superres,
+            # Without a budget schedule the policy stays off, so runs that set scale or CRF keep them.
+            controller={"default_knobs": plan.knobs, "bitrate": {"enabled": bool(plan.budget_schedule)}},
             publisher={"signing_key": self.signing_key},
         )
 
@@ -113,6 +132,10 @@ class Fleet:
 
     def _servers(self) -> tuple[MqttSettings, RedisSettings]:
         plan = self.plan
+        if plan.secure:
+            from cloudtutor.demo.secure import start_secure
+
+            return start_secure(self)
         if plan.mqtt_url:
             url = urlparse(plan.mqtt_url)
             mqtt = MqttSettings(host=url.hostname or "localhost", port=url.port or 1883, prefix=plan.prefix)
@@ -125,7 +148,9 @@ class Fleet:
         if plan.redis_url:
             redis = RedisSettings(url=plan.redis_url)
         else:
-            store = RedisServer(workdir=plan.out / "redis").start()
+            # AOF fsynced before every reply: what ingest was told is stored
+            # survives kill -9 of Redis, so an acknowledged chunk is never lost.
+            store = RedisServer(workdir=plan.out / "redis", appendonly=True, appendfsync="always").start()
             self.servers.append(store)
             redis = store.redis_settings()
         return mqtt, redis
@@ -138,21 +163,42 @@ class Fleet:
             port = free_port()
             self.metrics_ports[name] = port
             self.services[name] = Process(
-                name, argv, self.plan.out / "logs" / f"{name}.log", env={"CLOUDTUTOR_METRICS_PORT": str(port)},
+                name, argv, self.plan.out / "logs" / f"{name}.log", env={"CLOUDTUTOR_METRICS_PORT": str(port), **(self.secure.services_env() if self.secure else {})},
             )
         log.info("service metrics: %s", ", ".join(f"{n} http://127.0.0.1:{p}/metrics" for n, p in self.metrics_ports.items()))
+
+    def respawn_port_clashes(self) -> list[str]:
+        """Services that died because another process took their /metrics port
+        between free_port() and their bind (a busy shared host): started again
+        on a new port. Returns their names."""
+        clashed = []
+        for name, proc in list(self.services.items()):
+            if proc.running() or "Address already in use" not in self.tail(name, 40):
+                continue
+            port = free_port()
+            self.metrics_ports[name] = port
+            proc.kill()
+            self.services[name] = Process(name, proc.argv, proc.log_path, {**proc.env, "CLOUDTUTOR_METRICS_PORT": str(port)},
+                                          append=True)
+            clashed.append(name)
+            log.warning("%s lost its /metrics port to another process; started again on %d", name, port)
+        return clashed
 
     def edge_config(self, index: int) -> EdgeConfig:
         from cloudtutor.demo.edgeplan import edge_config  # the edge's own field names
 
-        return edge_config(self.plan, index, self.mqtt, self.public_key)
+        from cloudtutor.demo.edgeplan import device_id
+
+        mqtt = self.secure.device_mqtt(device_id(index)) if self.secure else self.mqtt
+        return edge_config(self.plan, index, mqtt, self.public_key)
 
     def start_edges(self) -> None:
         for i in range(self.plan.devices):
             config = self.edge_config(i)
             path = _dump(config, self.plan.out / "config" / f"{config.device_id}.yaml")
             argv = [sys.executable, "-m", "cloudtutor.cli", "edge", "--config", str(path)]
-            self.edges[config.device_id] = Process(config.device_id, argv, self.plan.out / "logs" / f"{config.device_id}.log")
+            env = self.secure.edge_env(config.device_id) if self.secure else None
+            self.edges[config.device_id] = Process(config.device_id, argv, self.plan.out / "logs" / f"{config.device_id}.log", env=env)
 
     def scrape(self, name: str, path: str) -> tuple[int, str]:
         """(HTTP status, body) of a service's ``/metrics`` or ``/healthz``; (0, error) if unreachable."""
@@ -185,6 +231,15 @@ class Fleet:
             code, body = self.scrape(name, "/metrics")
             if code == 200:
                 (folder / f"{name}.prom").write_text(body, encoding="utf-8")
+
+    def restart_service(self, name: str, *, kill: bool = True) -> None:
+        """kill -9 (or SIGTERM) one service and start it again, on the same /metrics port."""
+        proc = self.services[name]
+        if kill:
+            proc.kill()
+        else:
+            proc.stop()
+        self.services[name] = proc.restarted()
 
     def dead_services(self) -> list[str]:
         return [name for name, p in self.services.items() if not p.running()]
