@@ -147,6 +147,7 @@ def test_checkov_waivers_are_documented() -> None:
 def test_six_service_deployments_each_serving_its_service(objects: dict[str, list[dict]]) -> None:
     for case, docs in objects.items():
         deployments = _by_kind(docs, "Deployment")
+        deployments.pop(f"{RELEASE}-cloudtutor-scaler", None)  # scaler.enabled: test_scaler_may_only_scale_labeler_and_trainer
         assert set(deployments) == {f"{RELEASE}-cloudtutor-{s}" for s in SERVICES}, case
         for name in SERVICES:
             (container,) = deployments[f"{RELEASE}-cloudtutor-{name}"]["spec"]["template"]["spec"]["containers"]
@@ -273,6 +274,32 @@ def test_hpa_only_for_ingest_and_superres(objects: dict[str, list[dict]]) -> Non
         spec = deployments[f"{RELEASE}-cloudtutor-{name}"]["spec"]
         assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
     assert deployments[f"{RELEASE}-cloudtutor-labeler"]["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+def test_scaler_may_only_scale_labeler_and_trainer(objects: dict[str, list[dict]]) -> None:
+    assert f"{RELEASE}-cloudtutor-scaler" not in _by_kind(objects["default"], "Deployment"), "off by default"
+    docs = objects["gpu-external"]  # the CI case with scaler.enabled
+    name = f"{RELEASE}-cloudtutor-scaler"
+    (rule,) = _by_kind(docs, "Role")[name]["rules"]
+    assert rule == {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"],
+                    "resourceNames": [f"{RELEASE}-cloudtutor-labeler", f"{RELEASE}-cloudtutor-trainer"]}
+    binding = _by_kind(docs, "RoleBinding")[name]
+    assert binding["roleRef"]["name"] == name and binding["subjects"][0]["name"] == name
+    pod = _by_kind(docs, "Deployment")[name]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == name and pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["args"] == ["scaler"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CLOUDTUTOR_SCALER__TRAINER_DEPLOYMENT"] == f"{RELEASE}-cloudtutor-trainer"
+    assert env["CLOUDTUTOR_SCALER__DEVICES_PER_TRAINER"] == "6"
+    # The in-cluster config's token, CA and namespace, from a projected volume (short-lived token).
+    (token,) = [v for v in pod["volumes"] if v["name"] == "api-token"]
+    sources = token["projected"]["sources"]
+    assert sources[0]["serviceAccountToken"]["expirationSeconds"] <= 3600
+    assert any(m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount" for m in container["volumeMounts"])
+    # No HPA on the two it scales (brief §10.6).
+    hpas = {h["spec"]["scaleTargetRef"]["name"] for h in _by_kind(docs, "HorizontalPodAutoscaler").values()}
+    assert not hpas & set(rule["resourceNames"])
 
 
 def test_pdbs_network_policies_and_models_volume(objects: dict[str, list[dict]]) -> None:

@@ -164,6 +164,19 @@ def _demo(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         knobs["roi_qoffset"] = args.roi_qoffset
+    budget: list[tuple[float, float]] = []
+    if args.budget_schedule:
+        from cloudtutor.demo.budget import parse_schedule
+
+        try:
+            budget = parse_schedule(args.budget_schedule)
+        except ValueError as exc:
+            print(f"--budget-schedule: {exc}", file=sys.stderr)
+            return 2
+        if budget[0][0] != 0:
+            print("--budget-schedule: the first step must be at time 0 (the starting budget)", file=sys.stderr)
+            return 2
+        knobs["uplink_budget_kbps"] = budget[0][1]
     plan = DemoPlan(
         videos=videos, out=Path(args.out).resolve(), devices=args.devices, duration_s=args.minutes * 60.0, speed=args.speed,
         knobs=Knobs(**knobs), mqtt_url=args.mqtt_url,
@@ -171,8 +184,11 @@ def _demo(args: argparse.Namespace) -> int:
         lockstep_lag_s=(2 * args.t_update if args.lockstep_lag is None else args.lockstep_lag) or None,
         superres={"method": "model", "model_path": str(Path(args.sr_model).resolve())} if args.sr_model else {},
         roi_accmodel=Path(args.roi_accmodel).resolve() if args.roi_accmodel else None,
-        split_codec=args.split_codec,
+        split_codec=args.split_codec, budget_schedule=budget, secure=args.secure,
     )
+    if args.secure and (args.mqtt_url or args.redis_url):
+        print("--secure starts its own broker and Redis; it does not combine with --mqtt-url/--redis-url", file=sys.stderr)
+        return 2
     try:
         report = run_demo(plan, compare_to=compare_to, compare_path=args.compare_to)
     except DemoError as exc:
@@ -246,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="x264 qoffset of the ROI blocks with --roi-accmodel (x51 = QP; default: -10/51, 10 QP better)")
     demo.add_argument("--compare-to", dest="compare_to", metavar="REPORT_JSON",
                       help="an earlier demo's report.json (e.g. the scale-1 run): the report sets uplink and mIoU beside it")
+    demo.add_argument("--budget-schedule", dest="budget_schedule", metavar="T:KBPS,...",
+                      help="uplink budget steps in video seconds, e.g. 0:200,30:20 (runs the bitrate policy; the report "
+                           "shows the knobs, uplink vs budget and the settling time)")
+    demo.add_argument("--secure", action="store_true",
+                      help="broker passwords and per-device ACLs, devices over TLS (a CA made for the run), Redis password")
     demo.add_argument("--mqtt-url", help="use this broker (mqtt://host:port) instead of starting one")
     demo.add_argument("--redis-url", help="use this Redis (redis://...) instead of starting one")
     demo.set_defaults(func=_demo)
@@ -257,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cloudtutor.provision import add_parser as add_device_parser
 
     add_device_parser(sub)  # cloudtutor device provision NAME
+    from cloudtutor.fleet.scaler import add_scaler_parser
+
+    add_scaler_parser(sub)  # cloudtutor scaler
 
     train = sub.add_parser("train", help="offline training")
     train_sub = train.add_subparsers(dest="train_command", required=True)
@@ -300,6 +324,23 @@ def build_parser() -> argparse.ArgumentParser:
     from cloudtutor.bench.split import add_bench_split_parser
 
     add_bench_split_parser(bench_sub)
+    from cloudtutor.bench.distill import add_bench_distill_parser
+    from cloudtutor.bench.coords import add_bench_coords_parser
+
+    add_bench_distill_parser(bench_sub)
+    add_bench_coords_parser(bench_sub)
+    from cloudtutor.bench.throughput import add_bench_throughput_parser
+
+    add_bench_throughput_parser(bench_sub)
+    from cloudtutor.bench.fleet import add_bench_fleet_parser
+
+    add_bench_fleet_parser(bench_sub)
+    from cloudtutor.bench.bitrate import add_bench_bitrate_parser
+
+    add_bench_bitrate_parser(bench_sub)
+    from cloudtutor.bench.load import add_bench_load_parser
+
+    add_bench_load_parser(bench_sub)
 
     models = sub.add_parser("models", help="model utilities")
     models_sub = models.add_subparsers(dest="models_command", required=True)
