@@ -40,7 +40,7 @@ def test_verdicts_catch_growth() -> None:
 def test_load_keeps_memory_and_backlog_bounded(tmp_path: Path, data_root: Path, long_run: bool) -> None:
     devices, minutes = (8, 2.0) if long_run else (3, 0.5)
     out = Path(os.environ["FAULTS_OUT"]) / "load" if os.environ.get("FAULTS_OUT") else tmp_path
-    result = run_bench_load(videos=default_videos(data_root), out=out, devices=devices, minutes=minutes, every_s=2.0)
+    result = run_bench_load(videos=default_videos(data_root), out=out, devices=devices, minutes=minutes, every_s=1.0)
     assert (out / "load.png").stat().st_size > 1000
     assert json.loads((out / "load.json").read_text())["devices"] == devices
     assert result["edge_exit_codes"] == {f"edge-{i}": 0 for i in range(devices)}

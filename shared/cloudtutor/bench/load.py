@@ -50,11 +50,14 @@ def run_bench_load(*, videos: list[Path], out: Path, devices: int, minutes: floa
     try:
         live.start()
         log.info("loop running with %d devices; sampling every %.0f s", devices, every_s)
-        while any(p.running() for p in live.fleet.edges.values()):
+        def sample() -> dict[str, Any]:
             samples.append({"wall_s": round(time.monotonic() - started, 1), "video_s": _video_s(live),
                             "rss_mb": {k: None if v is None else round(v / 1024, 1) for k, v in live.memory_kb().items()},
                             "backlog": stream_backlog(live.fb)})
-            last = samples[-1]
+            return samples[-1]
+
+        while any(p.running() for p in live.fleet.edges.values()):
+            last = sample()
             log.info("video %.0f/%.0f s; backlog %s", last["video_s"], duration,
                      {s: b["backlog"] for s, b in last["backlog"].items()})
             # Partial figures survive an interrupted run.
@@ -63,6 +66,9 @@ def run_bench_load(*, videos: list[Path], out: Path, devices: int, minutes: floa
             if dead:
                 raise RuntimeError(f"service(s) died: {dead}")
             time.sleep(every_s)
+        # One more once the edges are done: a short run on an idle machine can
+        # end between two samples, and the end of the run is the figure that matters.
+        sample()
         codes = live.stop_edges()
         checked = live.check()
     finally:
