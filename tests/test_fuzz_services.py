@@ -18,7 +18,6 @@ import random
 import time
 from collections.abc import Callable
 
-import av
 import numpy as np
 import pytest
 
@@ -32,6 +31,7 @@ from cloudtutor.service import ERRORS, REJECTED
 from cloudtutor.testing.services import running_service
 from cloudtutor_services.controller.service import ControllerService
 from cloudtutor_services.ingest.service import IngestService
+from test_service_ingest import frames, h264  # noqa: F401 (fixtures: four real CamVid frames at SENT, one chunk)
 
 WAIT = 60.0  # generous: on a machine shared by many, a service can stall for tens of seconds
 SENT = (240, 176)
@@ -45,20 +45,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
-
-
-@pytest.fixture(scope="module")
-def frames(data_root) -> list[np.ndarray]:
-    import cv2
-
-    with av.open(str(data_root / "video/camvid-0016E5-480x360-15fps.mp4")) as container:
-        rgb = [f.to_ndarray(format="rgb24") for _, f in zip(range(4), container.decode(video=0))]
-    return [cv2.resize(f, SENT, interpolation=cv2.INTER_AREA) for f in rgb]
-
-
-@pytest.fixture(scope="module")
-def h264(frames) -> bytes:
-    return encode_chunk(frames)
 
 
 def chunk(body: bytes, *, seq: int, frames: int = 4, sent=SENT, **fields) -> bytes:
