@@ -125,6 +125,7 @@ def test_ingest_refuses_each_hostile_chunk_with_its_reason_and_serves_the_next(c
     client.subscribe(topics.chunks_ack("cam-1"), acks.put, qos=1, wait=True, timeout=WAIT)
     cases = hostile_chunks(h264, frames)
     with running_service(IngestService, config, join_s=WAIT) as svc:
+        assert svc.bus.wait_ready(WAIT)  # its subscriptions acknowledged: nothing published before is lost
         for i, (what, payload, reason) in enumerate(cases, start=1):
             client.publish(topics.chunks("cam-1"), payload, qos=1, wait=True)
             wait_until(lambda: svc.metrics.total(REJECTED) >= i)
@@ -148,6 +149,7 @@ def test_ingest_survives_a_storm_of_mutated_chunks_and_activations(config, clien
     client.subscribe(topics.chunks_ack("cam-1"), acks.put, qos=1, wait=True, timeout=WAIT)
     n = 60
     with running_service(IngestService, config, join_s=WAIT) as svc:
+        assert svc.bus.wait_ready(WAIT)  # its subscriptions acknowledged: nothing published before is lost
         for i in range(n):
             data = bytearray(chunk(h264, seq=1000 + i))
             for _ in range(rng.randint(1, 4)):
@@ -198,6 +200,7 @@ def test_controller_refuses_hostile_control_set_and_applies_the_next_good_one(co
     states: queue.Queue[Message] = queue.Queue()
     client.subscribe(topics.control_state("cam-9"), states.put, qos=1, wait=True, timeout=WAIT)
     with running_service(ControllerService, config, join_s=WAIT) as svc:
+        assert svc.bus.wait_ready(WAIT)  # its subscriptions acknowledged: nothing published before is lost
         for i, (payload, reason) in enumerate(HOSTILE_SETS, start=1):
             client.publish(topics.control_set("cam-9"), payload, qos=1, wait=True)
             wait_until(lambda: svc.metrics.total(REJECTED) >= i)

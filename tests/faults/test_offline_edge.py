@@ -93,7 +93,9 @@ def test_offline_edge_keeps_inferring_spools_bounded_and_drains_in_order(tmp_pat
     assert labelled_offline >= 0.9 * OUTAGE_S * 1.0, labelled_offline
     assert len(list(read_labels(edge.sink_path))) == summary["inferences"]
     # A minute of 5-s chunks does not fit in 1 MiB: the oldest were dropped, and counted.
-    assert dropped >= 1 and summary["chunks_dropped"] == dropped, (dropped, spooled, summary, timings)
+    # The spool can still overflow once more while the broker restarts: the final count is the one to check.
+    assert dropped >= 1 and summary["chunks_dropped"] >= dropped, (dropped, spooled, summary, timings)
+    dropped = summary["chunks_dropped"]
     assert spooled >= 2
     delivery = loopcheck.check_delivery(frames, summary)
     assert not delivery.duplicated and not delivery.unexpected, (delivery, timings)
