@@ -120,14 +120,13 @@ def run_bench_bitrate(videos: Sequence[Path], out: Path, *, scales: Sequence[flo
 
 
 def _bench_bitrate(args: argparse.Namespace) -> int:
-    from cloudtutor.config.common import LogSettings, default_data_root
+    from cloudtutor.bench.videos import resolve_videos
+    from cloudtutor.config.common import LogSettings
     from cloudtutor.logs import setup_logging
 
     setup_logging(LogSettings(level="INFO"), "cloudtutor.bench")
-    videos = [Path(v) for v in args.videos] if args.videos else sorted((default_data_root() / "video").glob("*.mp4"))
-    missing = [str(v) for v in videos if not v.exists()]
-    if not videos or missing:
-        print(f"videos not found: {missing or 'none under the data root'}", file=sys.stderr)
+    videos = resolve_videos(args.videos)
+    if videos is None:
         return 2
     try:
         run_bench_bitrate(videos, Path(args.out), scales=args.scale, crfs=args.crf, every=args.every,

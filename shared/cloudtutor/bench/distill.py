@@ -432,9 +432,9 @@ def run_bench_distill(videos: Sequence[Path], out: Path, *, minutes: float | Non
 
 
 def default_videos() -> list[Path]:
-    from cloudtutor.config.common import default_data_root
+    from cloudtutor.bench.videos import real_videos
 
-    return sorted((default_data_root() / "video").glob("*.mp4"), key=lambda p: (not p.name.startswith("highway"), p.name))
+    return sorted(real_videos(), key=lambda p: (not p.name.startswith("highway"), p.name))
 
 
 def common_args(p: argparse.ArgumentParser, out: str) -> None:
@@ -449,12 +449,9 @@ def common_args(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def resolve_videos(args: argparse.Namespace) -> list[Path] | None:
-    videos = [Path(v) for v in args.videos] if args.videos else default_videos()
-    missing = [str(v) for v in videos if not v.exists()]
-    if not videos or missing:
-        print(f"videos not found: {missing or 'none under the data root'}", file=sys.stderr)
-        return None
-    return videos
+    from cloudtutor.bench.videos import resolve_videos as resolve
+
+    return resolve(args.videos, default_videos)
 
 
 def _bench_distill(args: argparse.Namespace) -> int:

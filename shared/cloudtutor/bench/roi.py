@@ -355,7 +355,8 @@ def run_bench_roi(
 def _bench_roi(args: argparse.Namespace) -> int:
     import torch
 
-    from cloudtutor.config.common import LogSettings, default_data_root
+    from cloudtutor.bench.videos import resolve_videos
+    from cloudtutor.config.common import LogSettings
     from cloudtutor.logs import setup_logging
 
     setup_logging(LogSettings(level="INFO"), "cloudtutor.bench")
@@ -363,10 +364,8 @@ def _bench_roi(args: argparse.Namespace) -> int:
     if not Path(args.accmodel).is_file():
         print(f"--accmodel: {args.accmodel} not found (train one with `cloudtutor train accmodel`)", file=sys.stderr)
         return 2
-    videos = [Path(v) for v in args.videos] if args.videos else sorted((default_data_root() / "video").glob("*.mp4"))
-    missing = [str(v) for v in videos if not v.exists()]
-    if not videos or missing:
-        print(f"videos not found: {missing or 'none under the data root'}", file=sys.stderr)
+    videos = resolve_videos(args.videos)
+    if videos is None:
         return 2
     try:
         run_bench_roi(videos, Path(args.accmodel), Path(args.out), crfs=args.crf, roi_crfs=args.roi_crf,

@@ -339,15 +339,14 @@ def run_bench_split(
 def _bench_split(args: argparse.Namespace) -> int:
     import torch
 
-    from cloudtutor.config.common import LogSettings, default_data_root
+    from cloudtutor.bench.videos import resolve_videos
+    from cloudtutor.config.common import LogSettings
     from cloudtutor.logs import setup_logging
 
     setup_logging(LogSettings(level="INFO"), "cloudtutor.bench")
     torch.set_num_threads(args.threads)
-    videos = [Path(v) for v in args.videos] if args.videos else sorted((default_data_root() / "video").glob("*.mp4"))
-    missing = [str(v) for v in videos if not v.exists()]
-    if not videos or missing:
-        print(f"videos not found: {missing or 'none under the data root'}", file=sys.stderr)
+    videos = resolve_videos(args.videos)
+    if videos is None:
         return 2
     try:
         run_bench_split(videos, Path(args.out), frames=args.frames, every=args.every, splits=args.split,
