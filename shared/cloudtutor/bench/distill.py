@@ -378,18 +378,15 @@ def sweep_points(bench: Bench, rows: Sequence[Mapping[str, Any]], t_updates: Seq
             log.exception("sweep point %s failed", kwargs)
             return None
 
-    for t in t_updates:
-        r = main.get("ams")
-        if r is None or r["settings"]["t_update_s"] != t:
-            r = run(bench, "ams", t_update_s=float(t))
-        if r is not None:
-            point("AMS", f"T_update {t:g} s", r)
-    for th in thresholds:
-        r = main.get("just_in_time")
-        if r is None or r["settings"]["threshold"] != th:
-            r = run(bench, "just_in_time", threshold=float(th))
-        if r is not None:
-            point("Just-In-Time", f"threshold {th:g}", r)
+    sweeps = [("AMS", "ams", "t_update_s", t_updates, "T_update {:g} s"),
+              ("Just-In-Time", "just_in_time", "threshold", thresholds, "threshold {:g}")]
+    for label, scheme, setting, values, name in sweeps:
+        for value in values:
+            r = main.get(scheme)
+            if r is None or r["settings"][setting] != value:
+                r = run(bench, scheme, **{setting: float(value)})
+            if r is not None:
+                point(label, name.format(value), r)
     return points
 
 
