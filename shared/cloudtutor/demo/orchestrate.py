@@ -72,9 +72,9 @@ class Process:
             self.popen.wait(10)
         self._log.close()
 
-    def restarted(self) -> Process:
-        """The same command again, logging to the same file (after kill() or stop())."""
-        return Process(self.name, self.argv, self.log_path, self.env, append=True)
+    def restarted(self, **env: str) -> Process:
+        """The same command again, logging to the same file (after kill() or stop()); ``env`` overrides variables."""
+        return Process(self.name, self.argv, self.log_path, {**self.env, **env}, append=True)
 
     def running(self) -> bool:
         return self.popen.poll() is None
@@ -178,8 +178,7 @@ class Fleet:
             port = free_port()
             self.metrics_ports[name] = port
             proc.kill()
-            self.services[name] = Process(name, proc.argv, proc.log_path, {**proc.env, "CLOUDTUTOR_METRICS_PORT": str(port)},
-                                          append=True)
+            self.services[name] = proc.restarted(CLOUDTUTOR_METRICS_PORT=str(port))
             clashed.append(name)
             log.warning("%s lost its /metrics port to another process; started again on %d", name, port)
         return clashed
