@@ -300,6 +300,10 @@ def test_scaler_may_only_scale_labeler_and_trainer(objects: dict[str, list[dict]
     # No HPA on the two it scales (brief §10.6).
     hpas = {h["spec"]["scaleTargetRef"]["name"] for h in _by_kind(docs, "HorizontalPodAutoscaler").values()}
     assert not hpas & set(rule["resourceNames"])
+    # Nor a replica count: `helm upgrade` would reset what the scaler set.
+    deployments = _by_kind(docs, "Deployment")
+    assert all("replicas" not in deployments[d]["spec"] for d in rule["resourceNames"])
+    assert all("replicas" in _by_kind(objects["default"], "Deployment")[d]["spec"] for d in rule["resourceNames"])
 
 
 def test_pdbs_network_policies_and_models_volume(objects: dict[str, list[dict]]) -> None:
