@@ -80,15 +80,32 @@ def run_bench_coords(videos: Sequence[Path], out: Path, *, minutes: float | None
     bench = prepare(videos, minutes=minutes, infer_fps=infer_fps, cache=cache, seed=seed, threads=threads)
     fixed = {"asr": False, "rate_fps": 1.0}
     full = run_one(bench, "ams", label="full", strategy="full", gamma=1.0, **fixed)
-    runs = [run_one(bench, "ams", label=f"{s} {g:g}", strategy=s, gamma=float(g), **fixed)
-            for g in gammas for s in strategies]
+    runs: list[Mapping[str, Any]] = []
+    cells = [(float(g), s) for g in gammas for s in strategies]
+    for g, s in cells:
+        runs.append(run_one(bench, "ams", label=f"{s} {g:g}", strategy=s, gamma=g, **fixed))
+        # Every finished cell is on disk: a 20-run grid is long, and a cut-off
+        # run should still leave a (partial) table.
+        report = _report(bench, videos, full, runs, minutes=minutes, infer_fps=infer_fps, seed=seed,
+                         threads=threads, gammas=gammas, strategies=strategies, wall=wall, cpu=cpu)
+        _write(out, report)
+        log.info("coords: %d/%d cells done", len(runs), len(cells))
+    report = _report(bench, videos, full, runs, minutes=minutes, infer_fps=infer_fps, seed=seed,
+                     threads=threads, gammas=gammas, strategies=strategies, wall=wall, cpu=cpu)
+    _write(out, report)
+    return report
+
+
+def _report(bench: Any, videos: Sequence[Path], full: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], *,
+            minutes: float | None, infer_fps: float, seed: int, threads: int, gammas: Sequence[float],
+            strategies: Sequence[str], wall: float, cpu: float) -> dict[str, Any]:
     table = delta_rows(full, runs)
     target = next((r for r in table if r["strategy"] == "gradient" and abs(r["gamma"] - 0.05) < 1e-9), None)
     if target is not None and target["delta_miou_points"] is not None and target["downlink_share"] is not None:
         target = {**target, "met": target["delta_miou_points"] >= -1.5 and target["downlink_share"] <= 0.1}
     else:
         target = None
-    report = {
+    return {
         "schema": SCHEMA, "videos": [str(v) for v in videos], "versions": versions(),
         "footage": {"duration_s": bench.footage.duration_s, "frames": len(bench.footage.ticks),
                     "distinct_frames": len(bench.footage.frames)},
@@ -100,10 +117,12 @@ def run_bench_coords(videos: Sequence[Path], out: Path, *, minutes: float | None
         "table": table, "target": target,
         "timing": {"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(cpu_seconds() - cpu, 1)},
     }
+
+
+def _write(out: Path, report: Mapping[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "coords.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     (out / "coords.md").write_text(markdown(report), encoding="utf-8")
-    return report
 
 
 def _bench_coords(args: argparse.Namespace) -> int:
