@@ -33,13 +33,15 @@ def test_table_and_plot(tmp_path):
                "uniform_bytes_at_equal_miou": 6500, "saving_at_equal_miou": 0.3846, "encode_ms_per_frame": 10.0}
     report = {
         "accmodel": "a.pt", "trained_on": "highway.mp4", "gradients_from": "espnet",
-        "settings": {"roi_qoffset": -0.196, "alpha": 0.2, "dilate": 1, "roi_every": 10, "chunk": 10},
+        "settings": {"roi_qoffsets": [-0.196, -0.098], "alpha": 0.2, "dilate": 1, "roi_every": 10, "chunk": 10},
         "results": [{"video": "camvid.mp4", "split": "unseen video",
-                     "schemes": {"uniform": UNIFORM, "accmodel": [roi_row], "accgrad": [roi_row]},
+                     "schemes": {"uniform": UNIFORM, "accmodel": [roi_row, {**roi_row, "roi_qoffset": -0.098}],
+                                 "accgrad": [roi_row]},
                      "edge_cost": {"accmodel_ms_per_run": 40.0, "roi_every": 10, "accmodel_ms_per_frame": 4.0,
                                    "roi_encode_ms_per_frame": 12.0, "accmodel_vs_encode": 0.333}}],
     }
     text = markdown(report)
     assert "+38.5%" in text and "30.0 / 40.0" in text and "29.0 / -" in text and "highway.mp4" in text
+    assert "| accmodel | -10.0 |" in text and "| accmodel | -5.0 |" in text  # one row per swept offset
     plot(report, tmp_path / "roi.png")
     assert (tmp_path / "roi.png").stat().st_size > 1000

@@ -162,7 +162,7 @@ def oracle_masks(frames: Sequence[np.ndarray], proxy, *, crf_high: float, crf_lo
 
 
 def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int, width: int, held_out: float,
-                chunk: int, crfs: Sequence[float], roi_crfs: Sequence[float], qoffset: float, alpha: float,
+                chunk: int, crfs: Sequence[float], roi_crfs: Sequence[float], qoffsets: Sequence[float], alpha: float,
                 dilation: int, roi_every: int) -> dict[str, Any]:
     from cloudtutor.accmpeg.roi import RoiPlanner, coverage
     from cloudtutor.accmpeg.train import sent_frames
@@ -200,7 +200,7 @@ def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int,
     shuffled = [rng.permutation(m.ravel()).reshape(m.shape) for m in exact]
     schemes: dict[str, list[dict[str, Any]]] = {"uniform": uniform, "accmodel": [], "accgrad": [], "random": []}
     for name, masks in (("accmodel", model_masks), ("accgrad", exact), ("random", shuffled)):
-        for crf in roi_crfs:
+        for qoffset, crf in ((q, c) for q in qoffsets for c in roi_crfs):
             enc = encode_scheme(frames, crf, chunk=chunk, qoffset=qoffset, masks=masks)
             flat = encode_scheme(frames, crf, chunk=chunk)  # same CRF without ROI: the PSNR baseline
             miou = score(teacher, enc["decoded"], references, proxy, proxy_refs)
@@ -245,11 +245,11 @@ def markdown(report: Mapping[str, Any]) -> str:
         "# bench roi (AccMPEG)", "",
         f"AccModel `{report['accmodel']}` trained on **{report['trained_on']}**; AccGrad gradients from "
         f"{report['gradients_from']}. Teacher mIoU against the TFLite teacher on the pristine frames at the sent size. "
-        f"ROI: qoffset {s['roi_qoffset']:.4f} (x51 = {51 * s['roi_qoffset']:.1f} QP), alpha {s['alpha']}, dilate {s['dilate']}, "
+        f"ROI: qoffset {_offsets(s)}, alpha {s['alpha']}, dilate {s['dilate']}, "
         f"AccModel every {s['roi_every']} frames; chunks of {s['chunk']} frames, x264 preset medium, aq-mode 1.", "",
-        "| video | split | scheme | CRF | bytes/frame | teacher mIoU | pooled mIoU | ROI share | QP ROI / rest (all) | QP ROI / rest (IDR) "
+        "| video | split | scheme | ROI QP offset | CRF | bytes/frame | teacher mIoU | pooled mIoU | ROI share | QP ROI / rest (all) | QP ROI / rest (IDR) "
         "| PSNR ROI / rest | same CRF no ROI | saving at equal mIoU | proxy mIoU | saving at equal proxy mIoU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def pair(v) -> str:
@@ -259,7 +259,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         split = "trained (held-out tail)" if r["split"].startswith("held-out") else "unseen"
         for name, rows in r["schemes"].items():
             for row in rows:
-                head = (f"| {r['video']} | {split} | {name} | {row['crf']:g} | {row['bytes_per_frame']} | "
+                offset = "-" if name == "uniform" else f"{51 * row['roi_qoffset']:+.1f}"
+                head = (f"| {r['video']} | {split} | {name} | {offset} | {row['crf']:g} | {row['bytes_per_frame']} | "
                         f"{100 * row['teacher_miou']:.1f} | {100 * row['pooled_miou']:.1f} | ")
                 if name == "uniform":
                     lines.append(head + f"- | {row['qp_mean']:.1f} (mean) | - | {row['psnr_db']:.2f} (frame) | - | - | "
@@ -283,6 +284,11 @@ def markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _offsets(settings: Mapping[str, Any]) -> str:
+    offsets = settings.get("roi_qoffsets") or [settings["roi_qoffset"]]
+    return ", ".join(f"{q:.4f} (x51 = {51 * q:.1f} QP)" for q in offsets)
+
+
 def plot(report: Mapping[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -295,9 +301,13 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
         labels = {"uniform": "uniform CRF", "accmodel": "ROI, AccModel", "accgrad": "ROI, exact AccGrad (oracle)",
                   "random": "ROI, random blocks (control)"}
         for name, style in (("uniform", "o-"), ("accmodel", "s-"), ("accgrad", "^--"), ("random", "x:")):
-            rows = sorted(r["schemes"].get(name, []), key=lambda x: x["bytes_per_frame"])
-            if rows:
-                ax.plot([x["bytes_per_frame"] for x in rows], [100 * x["teacher_miou"] for x in rows], style, label=labels[name])
+            rows = r["schemes"].get(name, [])
+            # One curve per ROI QP offset when a run swept several.
+            offsets = sorted({x.get("roi_qoffset") for x in rows}, key=lambda q: -(q or 0))
+            for q in offsets:
+                pts = sorted((x for x in rows if x.get("roi_qoffset") == q), key=lambda x: x["bytes_per_frame"])
+                label = labels[name] if len(offsets) == 1 else f"{labels[name]}, {51 * q:+.0f} QP"
+                ax.plot([x["bytes_per_frame"] for x in pts], [100 * x["teacher_miou"] for x in pts], style, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("bytes per frame")
         ax.set_ylabel("teacher mIoU vs pristine (%)")
@@ -312,7 +322,7 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
 
 def run_bench_roi(
     videos: Sequence[Path], accmodel: Path, out: Path, *, crfs: Sequence[float] = (12, 16, 20, 24, 28, 32),
-    roi_crfs: Sequence[float] = (20, 24, 28, 32), roi_qoffset: float = -10 / 51, alpha: float = 0.2, dilate: int = 1,
+    roi_crfs: Sequence[float] = (20, 24, 28, 32), roi_qoffsets: Sequence[float] = (-10 / 51,), alpha: float = 0.2, dilate: int = 1,
     roi_every: int = 10, every: int = 2, chunk: int = 10, held_out: float | None = None,
 ) -> dict[str, Any]:
     import torch
@@ -321,8 +331,8 @@ def run_bench_roi(
     from cloudtutor.models.registry import build_teacher
     from cloudtutor.srrun import frozen_proxy
 
-    if not -1.0 <= roi_qoffset < 0.0:
-        raise ValueError(f"roi_qoffset must lie in [-1, 0), got {roi_qoffset}")
+    if not roi_qoffsets or not all(-1.0 <= q < 0.0 for q in roi_qoffsets):
+        raise ValueError(f"each roi_qoffset must lie in [-1, 0), got {list(roi_qoffsets)}")
     torch.set_flush_denormal(True)
     ckpt = load_accmodel(accmodel)
     cfg = ckpt.config
@@ -335,13 +345,13 @@ def run_bench_roi(
         results.append(bench_video(
             Path(video), ckpt, teacher, proxy, trained=Path(video).name == trained_on, every=every,
             width=int(cfg.get("width", 480)), held_out=held, chunk=chunk, crfs=crfs, roi_crfs=roi_crfs,
-            qoffset=roi_qoffset, alpha=alpha, dilation=dilate, roi_every=roi_every))
+            qoffsets=roi_qoffsets, alpha=alpha, dilation=dilate, roi_every=roi_every))
     report = {
         "schema": SCHEMA, "accmodel": str(accmodel), "trained_on": trained_on,
         "gradients_from": f"a frozen copy of the pretrained {cfg.get('proxy', 'espnet')!r} (differentiable proxy of the "
                           "TFLite teacher, brief §10.7)",
         "accgrad_pair_crf": [cfg.get("crf_high"), cfg.get("crf_low")], "label_alpha": cfg.get("label_alpha"),
-        "settings": {"crfs": list(crfs), "roi_crfs": list(roi_crfs), "roi_qoffset": roi_qoffset, "alpha": alpha,
+        "settings": {"crfs": list(crfs), "roi_crfs": list(roi_crfs), "roi_qoffsets": list(roi_qoffsets), "alpha": alpha,
                      "dilate": dilate, "roi_every": roi_every, "every": every, "chunk": chunk, "width": cfg.get("width")},
         "paper_qp": list(PAPER_QP), "results": results,
     }
@@ -369,7 +379,7 @@ def _bench_roi(args: argparse.Namespace) -> int:
         return 2
     try:
         run_bench_roi(videos, Path(args.accmodel), Path(args.out), crfs=args.crf, roi_crfs=args.roi_crf,
-                      roi_qoffset=args.roi_qoffset, alpha=args.alpha, dilate=args.dilate, roi_every=args.roi_every,
+                      roi_qoffsets=args.roi_qoffset, alpha=args.alpha, dilate=args.dilate, roi_every=args.roi_every,
                       every=args.every, chunk=args.chunk)
     except ValueError as exc:
         print(f"bench roi: {exc}", file=sys.stderr)
@@ -387,8 +397,8 @@ def add_bench_roi_parser(bench_sub) -> None:
                    help="uniform CRFs (default: 12 16 20 24 28 32; the teacher loses half its agreement by CRF 26 on these videos)")
     p.add_argument("--roi-crf", dest="roi_crf", type=float, nargs="+", default=[20, 24, 28, 32],
                    help="background CRFs of the ROI points (default: 20 24 28 32)")
-    p.add_argument("--roi-qoffset", dest="roi_qoffset", type=float, default=-10 / 51,
-                   help="addroi qoffset of the ROI blocks (x51 QP; default: -10/51, the paper's 30 vs 40)")
+    p.add_argument("--roi-qoffset", dest="roi_qoffset", type=float, nargs="+", default=[-10 / 51],
+                   help="addroi qoffset(s) of the ROI blocks, each a curve (x51 QP; default: -10/51, the paper's 30 vs 40)")
     p.add_argument("--alpha", type=float, default=0.2, help="AccModel threshold (default: 0.2)")
     p.add_argument("--dilate", type=int, default=1, help="ROI dilation in blocks (default: 1)")
     p.add_argument("--roi-every", dest="roi_every", type=int, default=10, help="run the AccModel every k frames (default: 10)")
