@@ -212,3 +212,25 @@ def test_a_restarted_trainer_resumes_exactly(mqtt_settings, redis_settings, data
         final = fb.redis.hgetall(state_key(fb.prefix, DEVICE))
         assert int(final[b"version"]) == 2
         assert state_from_bytes(final[b"optimizer"])["phase"] == 2
+
+
+def test_a_stop_mid_phase_stores_nothing_and_the_next_trainer_redoes_it(config, samples):
+    # A phase can outlast the pod's grace period on a busy CPU; a stop ends it
+    # between iterations instead, and Redis keeps the last published version.
+    slow = config.model_copy(update={"trainer": config.trainer.model_copy(update={"iterations": 200})})
+    with framebuffer(slow) as fb:
+        with running(slow) as svc:
+            feed(fb, samples, range(0, 11))
+            deadline = time.monotonic() + WAIT
+            while not fb.redis.xlen(fb.stream_key(SIGNALS)):  # the phase's accuracy signal: training starts next
+                assert time.monotonic() < deadline, "the phase never started"
+                time.sleep(0.05)
+            started = time.monotonic()
+        assert time.monotonic() - started < 20, "the stop waited for 200 iterations"
+        assert svc.metrics.total("cloudtutor_trainer_phases_abandoned_total") == 1
+        assert updates(fb) == []
+        state = fb.redis.hgetall(state_key(fb.prefix, DEVICE))
+        assert int(state[b"version"]) == 0 and state[b"last_phase_ms"] == b""
+    with framebuffer(config) as fb, running(config):
+        [ref] = wait_updates(fb, 1)
+        assert (ref.base_version, ref.version, ref.video_ms) == (0, 1, 10_000)

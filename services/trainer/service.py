@@ -79,6 +79,11 @@ BOOTSTRAPS = "cloudtutor_trainer_bootstraps_total"
 SKIPPED = "cloudtutor_trainer_phases_skipped_total"
 FENCED = "cloudtutor_trainer_phases_fenced_total"  # a phase whose lease moved before it was stored
 WEIGHT = "cloudtutor_trainer_device_weight"  # gauge {device_id}: the round-robin weight
+PHASES_ABANDONED = "cloudtutor_trainer_phases_abandoned_total"  # a phase cut short by a stop, never stored
+
+
+class PhaseAbandoned(Exception):
+    """The service is stopping mid-phase; nothing of the phase was stored."""
 
 
 def state_key(prefix: str, device_id: str) -> str:
@@ -301,7 +306,15 @@ class TrainerService(Service):
         if not horizon:
             self._skip(device_id, newest_ms, "no samples left in the horizon")
             return
-        report = self._train(device_id, optimizer, horizon)
+        try:
+            report = self._train(device_id, optimizer, horizon)
+        except PhaseAbandoned:
+            # Nothing was written: the device's state in Redis is the last
+            # published version, and the next holder trains this phase again.
+            self.metrics.inc(PHASES_ABANDONED)
+            self.log.info("%s: phase at %d ms abandoned, the trainer is stopping", device_id, newest_ms,
+                          extra={"fields": {"device_id": device_id, "video_ms": newest_ms}})
+            return
         self._publish(device_id, state, optimizer, report, newest_ms, miou)
 
     def measure_edge(self, device_id: str, last_phase_ms: int | None, newest_ms: int) -> float:
@@ -329,6 +342,8 @@ class TrainerService(Service):
 
         def batches() -> Iterator[distill.Batch]:
             for idx in picks:
+                if self.stop_event.is_set():  # a phase can outlast a pod's grace period on a busy CPU
+                    raise PhaseAbandoned(device_id)
                 pairs = [loaded[horizon[int(i)].id] for i in idx if horizon[int(i)].id in loaded]
                 if pairs:  # empty only if blobs expired between the check and the read
                     yield distill.to_batch([f for f, _ in pairs], [lab for _, lab in pairs], normalize=self.normalize,
