@@ -110,7 +110,8 @@ def test_a_frame_already_at_source_size_passes_through(superres, fb, originals):
     wait_until(lambda: fb.stream_len(UPSCALED) == 1)
     (out,) = upscaled(fb)
     assert out.upscaled_by == "none" and out.frame == ref.frame == out.lowres
-    assert superres.metrics.get(UPSCALED_FRAMES, method="none") == 1
+    # The count follows the stream write: wait for it rather than race it.
+    wait_until(lambda: superres.metrics.get(UPSCALED_FRAMES, method="none") == 1)
 
 
 def test_a_reference_to_an_expired_frame_is_dropped_and_counted(superres, fb, originals):
@@ -181,7 +182,7 @@ def test_an_sr_model_upscales_frames_sent_at_its_scale_and_says_so(make_config, 
         assert by_index[0].upscaled_by == "model" and by_index[1].upscaled_by == "bicubic"
         high = fb.get_array(by_index[0].frame)
         assert high.shape == (SOURCE[1], SOURCE[0], 3) and high.dtype == np.uint8
-        assert svc.metrics.get(UPSCALED_FRAMES, method="model") == 1
+        wait_until(lambda: svc.metrics.get(UPSCALED_FRAMES, method="model") == 1)
         assert svc.metrics.get("cloudtutor_superres_method", method="model") == 1
     finally:
         svc.stop()
