@@ -81,18 +81,21 @@ def run_bench_coords(videos: Sequence[Path], out: Path, *, minutes: float | None
     fixed = {"asr": False, "rate_fps": 1.0}
     full = run_one(bench, "ams", label="full", strategy="full", gamma=1.0, **fixed)
     runs: list[Mapping[str, Any]] = []
-    cells = [(float(g), s) for g in gammas for s in strategies]
-    for g, s in cells:
-        runs.append(run_one(bench, "ams", label=f"{s} {g:g}", strategy=s, gamma=g, **fixed))
-        # Every finished cell is on disk: a 20-run grid is long, and a cut-off
-        # run should still leave a (partial) table.
+
+    def written() -> dict[str, Any]:
+        # Written after every finished cell: a 20-run grid is long, and a
+        # cut-off run should still leave a (partial) table.
         report = _report(bench, videos, full, runs, minutes=minutes, infer_fps=infer_fps, seed=seed,
                          threads=threads, gammas=gammas, strategies=strategies, wall=wall, cpu=cpu)
         _write(out, report)
+        return report
+
+    report = written()
+    cells = [(float(g), s) for g in gammas for s in strategies]
+    for g, s in cells:
+        runs.append(run_one(bench, "ams", label=f"{s} {g:g}", strategy=s, gamma=g, **fixed))
+        report = written()
         log.info("coords: %d/%d cells done", len(runs), len(cells))
-    report = _report(bench, videos, full, runs, minutes=minutes, infer_fps=infer_fps, seed=seed,
-                     threads=threads, gammas=gammas, strategies=strategies, wall=wall, cpu=cpu)
-    _write(out, report)
     return report
 
 
