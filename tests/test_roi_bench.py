@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloudtutor.bench.roi import bytes_at_equal_accuracy, markdown, plot, region_psnr
+from cloudtutor.bench.roi import bd_table, bytes_at_equal_accuracy, markdown, plot, region_psnr
 
 UNIFORM = [{"crf": c, "teacher_miou": m, "pooled_miou": m, "bytes_per_frame": b, "qp_mean": 30.0, "psnr_db": 30.0}
            for c, m, b in ((20, 0.6, 8000), (24, 0.5, 5000), (28, 0.4, 3000))]
@@ -38,10 +38,34 @@ def test_table_and_plot(tmp_path):
                      "schemes": {"uniform": UNIFORM, "accmodel": [roi_row, {**roi_row, "roi_qoffset": -0.098}],
                                  "accgrad": [roi_row]},
                      "edge_cost": {"accmodel_ms_per_run": 40.0, "roi_every": 10, "accmodel_ms_per_frame": 4.0,
-                                   "roi_encode_ms_per_frame": 12.0, "accmodel_vs_encode": 0.333}}],
+                                   "roi_encode_ms_per_frame": 12.0, "accmodel_vs_encode": 0.333},
+                     "bd_saving": [{"scheme": "accmodel", "roi_qoffset": -0.098, "points": 4, "roi_coverage": 0.3,
+                                    "saving": 0.061, "overlap": [0.3, 0.5], "low": 0.02, "high": 0.1,
+                                    "p_positive": 0.99, "rounds_used": 1000}]}],
     }
     text = markdown(report)
     assert "+38.5%" in text and "30.0 / 40.0" in text and "29.0 / -" in text and "highway.mp4" in text
     assert "| accmodel | -10.0 |" in text and "| accmodel | -5.0 |" in text  # one row per swept offset
+    assert "| +6.1% | +2.0% … +10.0% | 0.99 |" in text  # the per-curve saving and its interval
     plot(report, tmp_path / "roi.png")
     assert (tmp_path / "roi.png").stat().st_size > 1000
+
+
+def _row(crf, miou, bpf, frames=20, chunk=10, **extra):
+    rng = np.random.default_rng(crf)
+    return {"crf": crf, "teacher_miou": miou, "bytes_per_frame": bpf,
+            "frame_miou": list(np.clip(miou + 0.03 * rng.standard_normal(frames), 0, 1)),
+            "chunk_bytes": [bpf * chunk] * (frames // chunk), **extra}
+
+
+def test_bd_table_gives_one_saving_per_roi_curve():
+    uniform = [_row(c, m, b) for c, m, b in ((16, 0.6, 9000), (20, 0.5, 5000), (24, 0.4, 3000), (28, 0.3, 1800))]
+    # ROI at 80% of the bytes the uniform curve needs for the same accuracy, at one offset;
+    # at the other, 150%.
+    cheap = [_row(c, m, 0.8 * b, roi_qoffset=-0.1, roi_coverage=0.3) for c, m, b in ((20, 0.55, 6700), (24, 0.45, 3900), (28, 0.35, 2350))]
+    dear = [_row(c, m, 1.5 * b, roi_qoffset=-0.2, roi_coverage=0.3) for c, m, b in ((20, 0.55, 6700), (24, 0.45, 3900), (28, 0.35, 2350))]
+    table = bd_table({"uniform": uniform, "accmodel": cheap + dear}, chunk=10, rounds=100)
+    by_offset = {row["roi_qoffset"]: row for row in table}
+    assert by_offset[-0.1]["saving"] == pytest.approx(0.2, abs=0.06)
+    assert by_offset[-0.2]["saving"] == pytest.approx(-0.5, abs=0.1)
+    assert by_offset[-0.1]["points"] == 3 and by_offset[-0.1]["low"] <= by_offset[-0.1]["saving"] <= by_offset[-0.1]["high"]

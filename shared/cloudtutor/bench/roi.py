@@ -24,7 +24,14 @@ effective QPs are read back from the bitstream (mean over ROI blocks and
 over the rest; all frames and IDR frames only), with PSNR inside and
 outside the ROI against the uniform encode at the same CRF; and the bytes
 a uniform encode would need for the same mIoU (linear interpolation on the
-uniform curve) give the saving at equal accuracy. The edge-side cost is the
+uniform curve) give the saving at equal accuracy of that point. The figure
+to read is per curve (scheme x QP offset): the Bjøntegaard-style saving
+over the mIoU range the ROI and uniform curves share, with a paired
+bootstrap interval over the chunks (:func:`bd_table`); single points on a
+100-frame video swing by ±10%.
+
+Frames are sent ``width`` wide, never wider than the video itself
+(default: each video at its own size, as the edge sends at ``scale`` 1). The edge-side cost is the
 AccModel's time per run and per frame (amortised over ``roi_every``)
 against the encoder's time per frame, on this CPU.
 
@@ -46,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from cloudtutor.accuracy import confusion_matrix, frame_miou, pixel_accuracy, pooled_miou
+from cloudtutor.bench.bdrate import ChunkedRun, bootstrap_bd_saving
 from cloudtutor.bench.superres import psnr
 
 log = logging.getLogger("cloudtutor.bench.roi")
@@ -53,6 +61,11 @@ log = logging.getLogger("cloudtutor.bench.roi")
 NUM_CLASSES = 19
 SCHEMA = "cloudtutor.bench.roi/v1"
 PAPER_QP = (30, 40)
+#: A dense uniform sweep: the per-curve saving fits it locally, so it pays to have points everywhere.
+UNIFORM_CRFS = tuple(range(8, 35, 2))
+ROI_CRFS = (12, 16, 20, 24, 28, 32)
+#: 3 and 6 QP better inside the ROI (x264 scales qoffset by 51).
+ROI_QOFFSETS = (-3 / 51, -6 / 51)
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -65,19 +78,20 @@ def encode_scheme(frames: Sequence[np.ndarray], crf: float, *, chunk: int, qoffs
     from cloudtutor.h264 import EncodeSettings, decode_chunk, encode_chunk, read_qp_maps
 
     settings = EncodeSettings(crf=crf, roi_qoffset=qoffset)
-    decoded, qps, idr, size, seconds = [], [], [], 0, 0.0
+    decoded, qps, idr, chunk_bytes, seconds = [], [], [], [], 0.0
     for start in range(0, len(frames), chunk):
         part = frames[start:start + chunk]
         roi = None if masks is None else masks[start:start + chunk]
         t = time.perf_counter()
         data = encode_chunk(part, settings, roi=roi)
         seconds += time.perf_counter() - t
-        size += len(data)
+        chunk_bytes.append(len(data))
         decoded += decode_chunk(data, expect_frames=len(part))
         maps = read_qp_maps(data)
         qps += maps
         idr += [True] + [False] * (len(maps) - 1)
-    return {"decoded": decoded, "bytes": size, "qp": qps, "idr": idr, "encode_s": seconds}
+    return {"decoded": decoded, "bytes": sum(chunk_bytes), "chunk_bytes": chunk_bytes, "qp": qps, "idr": idr,
+            "encode_s": seconds}
 
 
 def proxy_labels(proxy, frame: np.ndarray) -> np.ndarray:
@@ -94,7 +108,8 @@ def proxy_labels(proxy, frame: np.ndarray) -> np.ndarray:
 def score(teacher, decoded: Sequence[np.ndarray], references: Sequence[np.ndarray], proxy=None,
           proxy_references: Sequence[np.ndarray] | None = None) -> dict[str, float]:
     """Teacher agreement with the teacher on the pristine frames (§10.3); with ``proxy``, also the
-    proxy's agreement with itself on the pristine frames (the model AccGrad is exact for)."""
+    proxy's agreement with itself on the pristine frames (the model AccGrad is exact for).
+    ``frame_miou`` keeps every frame's value for the bootstrap of :func:`bd_table`."""
     mious, conf, proxy_mious = [], np.zeros((NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64), []
     for i, (frame, ref) in enumerate(zip(decoded, references)):
         labels = teacher.predict(frame)
@@ -102,8 +117,9 @@ def score(teacher, decoded: Sequence[np.ndarray], references: Sequence[np.ndarra
         conf += confusion_matrix(ref, labels, NUM_CLASSES)
         if proxy is not None and proxy_references is not None:
             proxy_mious.append(frame_miou(proxy_references[i], proxy_labels(proxy, frame), NUM_CLASSES))
-    out = {"teacher_miou": round(float(np.nanmean(mious)), 4), "pooled_miou": round(pooled_miou(conf), 4),
-           "pixel_accuracy": round(pixel_accuracy(conf), 4)}
+    out: dict[str, Any] = {"teacher_miou": round(float(np.nanmean(mious)), 4), "pooled_miou": round(pooled_miou(conf), 4),
+                           "pixel_accuracy": round(pixel_accuracy(conf), 4),
+                           "frame_miou": [None if np.isnan(m) else round(float(m), 5) for m in mious]}
     if proxy_mious:
         out["proxy_miou"] = round(float(np.nanmean(proxy_mious)), 4)
     return out
@@ -150,20 +166,56 @@ def bytes_at_equal_accuracy(uniform: Sequence[Mapping[str, Any]], miou: float, k
 
 
 def oracle_masks(frames: Sequence[np.ndarray], proxy, *, crf_high: float, crf_low: float, alpha: float,
-                 dilation: int) -> list[np.ndarray]:
+                 dilation: int, acc: str = "cross_entropy") -> list[np.ndarray]:
     from cloudtutor.accmpeg.accgrad import accgrad, accgrad_labels
     from cloudtutor.accmpeg.rects import dilate
     from cloudtutor.accmpeg.train import high_low
     from cloudtutor.srtrain import espnet_input
 
     high, low = high_low(frames, crf_high, crf_low)
-    return [dilate(accgrad_labels(accgrad(proxy, h, lo, normalize=espnet_input), alpha), dilation)
+    return [dilate(accgrad_labels(accgrad(proxy, h, lo, normalize=espnet_input, acc=acc), alpha), dilation)
             for h, lo in zip(high, low)]
 
 
-def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int, width: int, held_out: float,
+def _brief(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row for the progress log, without its per-chunk and per-frame lists."""
+    return {k: v for k, v in row.items() if k not in ("chunk_bytes", "frame_miou")}
+
+
+def _chunked(row: Mapping[str, Any], chunk: int) -> ChunkedRun:
+    mious = [np.nan if m is None else m for m in row["frame_miou"]]
+    return ChunkedRun(row["chunk_bytes"], [mious[i:i + chunk] for i in range(0, len(mious), chunk)])
+
+
+def bd_table(schemes: Mapping[str, Sequence[Mapping[str, Any]]], chunk: int, *, rounds: int = 1000) -> list[dict[str, Any]]:
+    """The saving of each ROI curve (scheme x QP offset) over the uniform
+    curve at equal teacher mIoU, Bjøntegaard style over the accuracy range
+    both cover, with a paired bootstrap interval over the chunks
+    (:mod:`cloudtutor.bench.bdrate`). Single points swing by ±10% on a
+    short video; this is the figure to read."""
+    curves: dict[str, list[Mapping[str, Any]]] = {}
+    for name, rows in schemes.items():
+        if name == "uniform":
+            continue
+        for row in rows:
+            curves.setdefault(f"{name}|{row['roi_qoffset']}", []).append(row)
+    tests = {key: [_chunked(r, chunk) for r in rows] for key, rows in curves.items()
+             if len({r["teacher_miou"] for r in rows}) >= 2}
+    boot = bootstrap_bd_saving([_chunked(r, chunk) for r in schemes["uniform"]], tests, rounds=rounds)
+    out = []
+    for key, bd in boot.items():
+        name, qoffset = key.split("|")
+        rows = curves[key]
+        out.append({"scheme": name, "roi_qoffset": float(qoffset), "points": len(rows),
+                    "roi_coverage": round(float(np.mean([r["roi_coverage"] for r in rows])), 4),
+                    **{k: (None if v is None else (round(v, 4) if isinstance(v, float) else v)) for k, v in bd.items()},
+                    "overlap": None if bd["overlap"] is None else [round(v, 4) for v in bd["overlap"]]})
+    return out
+
+
+def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int, width: int | None, held_out: float,
                 chunk: int, crfs: Sequence[float], roi_crfs: Sequence[float], qoffsets: Sequence[float], alpha: float,
-                dilation: int, roi_every: int) -> dict[str, Any]:
+                dilation: int, roi_every: int, bootstrap: int = 1000) -> dict[str, Any]:
     from cloudtutor.accmpeg.roi import RoiPlanner, coverage
     from cloudtutor.accmpeg.train import sent_frames
 
@@ -179,12 +231,13 @@ def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int,
     uniform = []
     for crf in crfs:
         enc = encode_scheme(frames, crf, chunk=chunk)
-        row = {"crf": crf, "bytes_per_frame": round(enc["bytes"] / len(frames)), **score(teacher, enc["decoded"], references, proxy, proxy_refs),
+        row = {"crf": crf, "bytes_per_frame": round(enc["bytes"] / len(frames)), "chunk_bytes": enc["chunk_bytes"],
+               **score(teacher, enc["decoded"], references, proxy, proxy_refs),
                "psnr_db": round(float(np.mean([psnr(d, o) for d, o in zip(enc["decoded"], frames)])), 2),
                "qp_mean": round(float(np.mean([q.mean() for q in enc["qp"]])), 2),
                "encode_ms_per_frame": round(1000 * enc["encode_s"] / len(frames), 2)}
         uniform.append(row)
-        log.info("%s uniform CRF %g: %s", video.name, crf, row)
+        log.info("%s uniform CRF %g: %s", video.name, crf, _brief(row))
 
     planner = RoiPlanner(ckpt.model)
     model_masks = planner.plan(frames, every=roi_every, alpha=alpha, dilation=dilation)
@@ -193,7 +246,7 @@ def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int,
     cfg = ckpt.config
     t = time.perf_counter()
     exact = oracle_masks(frames, proxy, crf_high=cfg["crf_high"], crf_low=cfg["crf_low"], alpha=cfg["label_alpha"],
-                         dilation=dilation)
+                         dilation=dilation, acc=cfg.get("agreement", "cross_entropy"))
     log.info("%s: exact AccGrad of %d frames in %.0f s", video.name, len(frames), time.perf_counter() - t)
 
     rng = np.random.default_rng(0)
@@ -219,13 +272,15 @@ def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int,
                 "saving_at_equal_miou": None if equal is None else round(1 - bpf / equal, 4),
                 "saving_at_equal_proxy_miou": None if equal_proxy is None else round(1 - bpf / equal_proxy, 4),
                 "encode_ms_per_frame": round(1000 * enc["encode_s"] / len(frames), 2),
+                "chunk_bytes": enc["chunk_bytes"],
             }
             schemes[name].append(row)
-            log.info("%s %s CRF %g: %s", video.name, name, crf, row)
+            log.info("%s %s CRF %g: %s", video.name, name, crf, _brief(row))
     encode_ms = float(np.mean([r["encode_ms_per_frame"] for r in schemes["accmodel"]]))
     return {
         "video": video.name, "split": "held-out tail of the AccModel's training video" if trained else "unseen video",
         "frames": len(frames), "size": [w, h], "every": every, "chunk": chunk, "schemes": schemes,
+        "bd_saving": bd_table(schemes, chunk, rounds=bootstrap),
         "edge_cost": {"accmodel_ms_per_run": round(model_ms, 2), "roi_every": roi_every,
                       "accmodel_ms_per_frame": round(model_ms / roi_every, 2),
                       "roi_encode_ms_per_frame": round(encode_ms, 2),
@@ -249,6 +304,23 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"{report['gradients_from']}. Teacher mIoU against the TFLite teacher on the pristine frames at the sent size. "
         f"ROI: qoffset {_offsets(s)}, alpha {s['alpha']}, dilate {s['dilate']}, "
         f"AccModel every {s['roi_every']} frames; chunks of {s['chunk']} frames, x264 preset medium, aq-mode 1.", "",
+        "## Saving at equal teacher mIoU, per curve", "",
+        "Bjøntegaard-style: log bytes fitted against mIoU for the ROI curve and the uniform CRF curve, the gap "
+        "averaged over the mIoU range both cover; interval: paired bootstrap over the chunks "
+        f"({s.get('bootstrap', '?')} draws). Positive = the ROI stream is smaller at equal accuracy.", "",
+        "| video | split | scheme | ROI QP offset | ROI share | points | mIoU range | saving | 90% interval | P(saving > 0) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        split = "trained (held-out tail)" if r["split"].startswith("held-out") else "unseen"
+        for bd in r.get("bd_saving", []):
+            rng = "-" if bd["overlap"] is None else f"{100 * bd['overlap'][0]:.1f}-{100 * bd['overlap'][1]:.1f}"
+            interval = "-" if bd["low"] is None else f"{100 * bd['low']:+.1f}% … {100 * bd['high']:+.1f}%"
+            p = "-" if bd["p_positive"] is None else f"{bd['p_positive']:.2f}"
+            lines.append(f"| {r['video']} | {split} | {bd['scheme']} | {51 * bd['roi_qoffset']:+.1f} | "
+                         f"{100 * bd['roi_coverage']:.0f}% | {bd['points']} | {rng} | {_saving(bd['saving'])} | {interval} | {p} |")
+    lines += [
+        "", "## Every point", "",
         "| video | split | scheme | ROI QP offset | CRF | bytes/frame | teacher mIoU | pooled mIoU | ROI share | QP ROI / rest (all) | QP ROI / rest (IDR) "
         "| PSNR ROI / rest | same CRF no ROI | saving at equal mIoU | proxy mIoU | saving at equal proxy mIoU |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -308,6 +380,9 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
             for q in offsets:
                 pts = sorted((x for x in rows if x.get("roi_qoffset") == q), key=lambda x: x["bytes_per_frame"])
                 label = labels[name] if len(offsets) == 1 else f"{labels[name]}, {51 * q:+.0f} QP"
+                bd = next((b for b in r.get("bd_saving", []) if b["scheme"] == name and b["roi_qoffset"] == q), None)
+                if bd is not None and bd["saving"] is not None:
+                    label += f" (saving {100 * bd['saving']:+.1f}%)"
                 ax.plot([x["bytes_per_frame"] for x in pts], [100 * x["teacher_miou"] for x in pts], style, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("bytes per frame")
@@ -322,9 +397,10 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
 
 
 def run_bench_roi(
-    videos: Sequence[Path], accmodel: Path, out: Path, *, crfs: Sequence[float] = (12, 16, 20, 24, 28, 32),
-    roi_crfs: Sequence[float] = (20, 24, 28, 32), roi_qoffsets: Sequence[float] = (-10 / 51,), alpha: float = 0.2, dilate: int = 1,
-    roi_every: int = 10, every: int = 2, chunk: int = 10, held_out: float | None = None,
+    videos: Sequence[Path], accmodel: Path, out: Path, *, crfs: Sequence[float] = UNIFORM_CRFS,
+    roi_crfs: Sequence[float] = ROI_CRFS, roi_qoffsets: Sequence[float] = ROI_QOFFSETS, alpha: float = 0.2, dilate: int = 0,
+    roi_every: int = 10, every: int = 2, chunk: int = 10, held_out: float | None = None, bootstrap: int = 1000,
+    width: int | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -345,15 +421,18 @@ def run_bench_roi(
     for video in videos:
         results.append(bench_video(
             Path(video), ckpt, teacher, proxy, trained=Path(video).name == trained_on, every=every,
-            width=int(cfg.get("width", 480)), held_out=held, chunk=chunk, crfs=crfs, roi_crfs=roi_crfs,
-            qoffsets=roi_qoffsets, alpha=alpha, dilation=dilate, roi_every=roi_every))
+            width=width, held_out=held, chunk=chunk, crfs=crfs, roi_crfs=roi_crfs,
+            qoffsets=roi_qoffsets, alpha=alpha, dilation=dilate, roi_every=roi_every, bootstrap=bootstrap))
     report = {
         "schema": SCHEMA, "accmodel": str(accmodel), "trained_on": trained_on,
         "gradients_from": f"a frozen copy of the pretrained {cfg.get('proxy', 'espnet')!r} (differentiable proxy of the "
                           "TFLite teacher, brief §10.7)",
         "accgrad_pair_crf": [cfg.get("crf_high"), cfg.get("crf_low")], "label_alpha": cfg.get("label_alpha"),
+        "agreement": cfg.get("agreement", "cross_entropy"),
         "settings": {"crfs": list(crfs), "roi_crfs": list(roi_crfs), "roi_qoffsets": list(roi_qoffsets), "alpha": alpha,
-                     "dilate": dilate, "roi_every": roi_every, "every": every, "chunk": chunk, "width": cfg.get("width")},
+                     "dilate": dilate, "roi_every": roi_every, "every": every, "chunk": chunk, "width": width,
+                     "accmodel_width": cfg.get("width"),
+                     "bootstrap": bootstrap},
         "paper_qp": list(PAPER_QP), "results": results,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -381,7 +460,7 @@ def _bench_roi(args: argparse.Namespace) -> int:
     try:
         run_bench_roi(videos, Path(args.accmodel), Path(args.out), crfs=args.crf, roi_crfs=args.roi_crf,
                       roi_qoffsets=args.roi_qoffset, alpha=args.alpha, dilate=args.dilate, roi_every=args.roi_every,
-                      every=args.every, chunk=args.chunk)
+                      every=args.every, chunk=args.chunk, bootstrap=args.bootstrap, width=args.width)
     except ValueError as exc:
         print(f"bench roi: {exc}", file=sys.stderr)
         return 2
@@ -394,17 +473,19 @@ def add_bench_roi_parser(bench_sub) -> None:
     p.add_argument("--accmodel", default="out/accmpeg/accmodel.pt", help="AccModel checkpoint (default: out/accmpeg/accmodel.pt)")
     p.add_argument("--videos", nargs="+", help="videos (default: every video under the data root)")
     p.add_argument("--out", default="out/bench", help="output folder for roi.json, roi.md, roi.png (default: out/bench)")
-    p.add_argument("--crf", type=float, nargs="+", default=[12, 16, 20, 24, 28, 32],
-                   help="uniform CRFs (default: 12 16 20 24 28 32; the teacher loses half its agreement by CRF 26 on these videos)")
-    p.add_argument("--roi-crf", dest="roi_crf", type=float, nargs="+", default=[20, 24, 28, 32],
-                   help="background CRFs of the ROI points (default: 20 24 28 32)")
-    p.add_argument("--roi-qoffset", dest="roi_qoffset", type=float, nargs="+", default=[-10 / 51],
-                   help="addroi qoffset(s) of the ROI blocks, each a curve (x51 QP; default: -10/51, the paper's 30 vs 40)")
+    p.add_argument("--crf", type=float, nargs="+", default=list(UNIFORM_CRFS),
+                   help="uniform CRFs (default: 8 to 34 in steps of 2; the teacher loses half its agreement by CRF 26 on these videos)")
+    p.add_argument("--roi-crf", dest="roi_crf", type=float, nargs="+", default=list(ROI_CRFS),
+                   help="background CRFs of the ROI points (default: 12 16 20 24 28 32)")
+    p.add_argument("--roi-qoffset", dest="roi_qoffset", type=float, nargs="+", default=list(ROI_QOFFSETS),
+                   help="addroi qoffset(s) of the ROI blocks, each a curve (x51 QP; default: -3/51 -6/51)")
     p.add_argument("--alpha", type=float, default=0.2, help="AccModel threshold (default: 0.2)")
-    p.add_argument("--dilate", type=int, default=1, help="ROI dilation in blocks (default: 1)")
+    p.add_argument("--dilate", type=int, default=0, help="ROI dilation in blocks (default: 0)")
     p.add_argument("--roi-every", dest="roi_every", type=int, default=10, help="run the AccModel every k frames (default: 10)")
     p.add_argument("--every", type=int, default=2, help="every N-th frame of the videos (default: 2)")
     p.add_argument("--chunk", type=int, default=10, help="frames per H.264 chunk (default: 10)")
+    p.add_argument("--width", type=int, help="frame width sent, capped at each video's own (default: each video's own, scale 1)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the saving's interval (default: 1000)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.set_defaults(func=_bench_roi)
 
