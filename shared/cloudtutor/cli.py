@@ -258,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="SR checkpoint (`cloudtutor train sr`) for superres; default: bicubic upscaling")
     demo.add_argument("--roi-accmodel", dest="roi_accmodel",
                       help="AccModel checkpoint (`cloudtutor train accmodel`): the edges encode with AccMPEG ROI quality")
-    demo.add_argument("--roi-qoffset", dest="roi_qoffset", type=float, default=-10 / 51,
-                      help="x264 qoffset of the ROI blocks with --roi-accmodel (x51 = QP; default: -10/51, 10 QP better)")
+    demo.add_argument("--roi-qoffset", dest="roi_qoffset", type=float, default=-6 / 51,
+                      help="x264 qoffset of the ROI blocks with --roi-accmodel (x51 = QP; default: -6/51, 6 QP better, as bench roi measures)")
     demo.add_argument("--compare-to", dest="compare_to", metavar="REPORT_JSON",
                       help="an earlier demo's report.json (e.g. the scale-1 run): the report sets uplink and mIoU beside it")
     demo.add_argument("--budget-schedule", dest="budget_schedule", metavar="T:KBPS,...",
