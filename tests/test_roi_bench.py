@@ -69,3 +69,31 @@ def test_bd_table_gives_one_saving_per_roi_curve():
     assert by_offset[-0.1]["saving"] == pytest.approx(0.2, abs=0.06)
     assert by_offset[-0.2]["saving"] == pytest.approx(-0.5, abs=0.1)
     assert by_offset[-0.1]["points"] == 3 and by_offset[-0.1]["low"] <= by_offset[-0.1]["saving"] <= by_offset[-0.1]["high"]
+
+
+def test_bench_runs_end_to_end_on_real_frames(tmp_path, data_root):
+    """Real video, real H.264, the real TFLite teacher; an untrained AccModel
+    (a fixed mask is all the plumbing needs). ``--schemes accmodel`` leaves
+    the oracle out, so its curves are absent, not empty."""
+    import json
+
+    from cloudtutor.accmpeg.accmodel import from_espnet, save_accmodel
+    from cloudtutor.bench.roi import run_bench_roi
+    from cloudtutor.models.registry import build_model
+
+    ckpt = tmp_path / "acc.pt"
+    save_accmodel(ckpt, from_espnet(build_model("espnet", download=False), head=16), config={}, step=0)
+    video = data_root / "video/camvid-0016E5-480x360-15fps.mp4"
+    report = run_bench_roi([video], ckpt, tmp_path / "out", crfs=(16, 24, 32), roi_crfs=(20, 28), roi_qoffsets=(-6 / 51,),
+                           alpha=0.5, every=25, chunk=2, bootstrap=20, schemes=("accmodel",))
+    result = report["results"][0]
+    assert set(result["schemes"]) == {"uniform", "accmodel"}
+    assert result["split"] == "unseen video" and result["frames"] == 5
+    uniform = result["schemes"]["uniform"]
+    assert uniform[0]["bytes_per_frame"] > uniform[-1]["bytes_per_frame"]  # CRF 16 costs more than CRF 32
+    assert all(len(r["frame_miou"]) == 5 and len(r["chunk_bytes"]) == 3 for r in uniform)
+    assert [r["scheme"] for r in result["bd_saving"]] in ([], ["accmodel"])
+    assert result["edge_cost"]["accmodel_ms_per_run"] > 0
+    on_disk = json.loads((tmp_path / "out/roi.json").read_text())
+    assert on_disk["settings"]["schemes"] == ["accmodel"]
+    assert (tmp_path / "out/roi.png").stat().st_size > 1000 and "| accmodel |" in (tmp_path / "out/roi.md").read_text()

@@ -66,6 +66,8 @@ UNIFORM_CRFS = tuple(range(8, 35, 2))
 ROI_CRFS = (12, 16, 20, 24, 28, 32)
 #: 3 and 6 QP better inside the ROI (x264 scales qoffset by 51).
 ROI_QOFFSETS = (-3 / 51, -6 / 51)
+#: The ROI curves: the AccModel, the exact-AccGrad oracle, and random blocks of the oracle's share.
+ROI_SCHEMES = ("accmodel", "accgrad", "random")
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -215,7 +217,8 @@ def bd_table(schemes: Mapping[str, Sequence[Mapping[str, Any]]], chunk: int, *, 
 
 def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int, width: int | None, held_out: float,
                 chunk: int, crfs: Sequence[float], roi_crfs: Sequence[float], qoffsets: Sequence[float], alpha: float,
-                dilation: int, roi_every: int, bootstrap: int = 1000) -> dict[str, Any]:
+                dilation: int, roi_every: int, bootstrap: int = 1000,
+                roi_schemes: Sequence[str] = ROI_SCHEMES) -> dict[str, Any]:
     from cloudtutor.accmpeg.roi import RoiPlanner, coverage
     from cloudtutor.accmpeg.train import sent_frames
 
@@ -243,17 +246,21 @@ def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int,
     model_masks = planner.plan(frames, every=roi_every, alpha=alpha, dilation=dilation)
     model_ms = 1000 * planner.model_seconds / max(1, planner.runs)
     log.info("%s: AccModel ran %d times, %.1f ms a run", video.name, planner.runs, model_ms)
-    cfg = ckpt.config
-    t = time.perf_counter()
-    exact = oracle_masks(frames, proxy, crf_high=cfg["crf_high"], crf_low=cfg["crf_low"], alpha=cfg["label_alpha"],
-                         dilation=dilation, acc=cfg.get("agreement", "cross_entropy"))
-    log.info("%s: exact AccGrad of %d frames in %.0f s", video.name, len(frames), time.perf_counter() - t)
+    masks_of = {"accmodel": model_masks}
+    if {"accgrad", "random"} & set(roi_schemes):  # the oracle's gradients take minutes; skip them when unused
+        cfg = ckpt.config
+        t = time.perf_counter()
+        masks_of["accgrad"] = oracle_masks(
+            frames, proxy, crf_high=cfg["crf_high"], crf_low=cfg["crf_low"], alpha=cfg["label_alpha"],
+            dilation=dilation, acc=cfg.get("agreement", "cross_entropy"))
+        log.info("%s: exact AccGrad of %d frames in %.0f s", video.name, len(frames), time.perf_counter() - t)
+        rng = np.random.default_rng(0)
+        masks_of["random"] = [rng.permutation(m.ravel()).reshape(m.shape) for m in masks_of["accgrad"]]
 
-    rng = np.random.default_rng(0)
-    shuffled = [rng.permutation(m.ravel()).reshape(m.shape) for m in exact]
-    schemes: dict[str, list[dict[str, Any]]] = {"uniform": uniform, "accmodel": [], "accgrad": [], "random": []}
+    schemes: dict[str, list[dict[str, Any]]] = {"uniform": uniform, **{name: [] for name in roi_schemes}}
     flat: dict[float, list[np.ndarray]] = {}  # same CRF without ROI, the PSNR baseline: one encode per CRF
-    for name, masks in (("accmodel", model_masks), ("accgrad", exact), ("random", shuffled)):
+    for name in roi_schemes:
+        masks = masks_of[name]
         for qoffset, crf in ((q, c) for q in qoffsets for c in roi_crfs):
             enc = encode_scheme(frames, crf, chunk=chunk, qoffset=qoffset, masks=masks)
             if crf not in flat:
@@ -276,7 +283,7 @@ def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int,
             }
             schemes[name].append(row)
             log.info("%s %s CRF %g: %s", video.name, name, crf, _brief(row))
-    encode_ms = float(np.mean([r["encode_ms_per_frame"] for r in schemes["accmodel"]]))
+    encode_ms = float(np.mean([r["encode_ms_per_frame"] for name in roi_schemes for r in schemes[name]]))
     return {
         "video": video.name, "split": "held-out tail of the AccModel's training video" if trained else "unseen video",
         "frames": len(frames), "size": [w, h], "every": every, "chunk": chunk, "schemes": schemes,
@@ -400,7 +407,7 @@ def run_bench_roi(
     videos: Sequence[Path], accmodel: Path, out: Path, *, crfs: Sequence[float] = UNIFORM_CRFS,
     roi_crfs: Sequence[float] = ROI_CRFS, roi_qoffsets: Sequence[float] = ROI_QOFFSETS, alpha: float = 0.2, dilate: int = 0,
     roi_every: int = 10, every: int = 2, chunk: int = 10, held_out: float | None = None, bootstrap: int = 1000,
-    width: int | None = None,
+    width: int | None = None, schemes: Sequence[str] = ROI_SCHEMES,
 ) -> dict[str, Any]:
     import torch
 
@@ -422,7 +429,8 @@ def run_bench_roi(
         results.append(bench_video(
             Path(video), ckpt, teacher, proxy, trained=Path(video).name == trained_on, every=every,
             width=width, held_out=held, chunk=chunk, crfs=crfs, roi_crfs=roi_crfs,
-            qoffsets=roi_qoffsets, alpha=alpha, dilation=dilate, roi_every=roi_every, bootstrap=bootstrap))
+            qoffsets=roi_qoffsets, alpha=alpha, dilation=dilate, roi_every=roi_every, bootstrap=bootstrap,
+            roi_schemes=schemes))
     report = {
         "schema": SCHEMA, "accmodel": str(accmodel), "trained_on": trained_on,
         "gradients_from": f"a frozen copy of the pretrained {cfg.get('proxy', 'espnet')!r} (differentiable proxy of the "
@@ -430,6 +438,7 @@ def run_bench_roi(
         "accgrad_pair_crf": [cfg.get("crf_high"), cfg.get("crf_low")], "label_alpha": cfg.get("label_alpha"),
         "agreement": cfg.get("agreement", "cross_entropy"),
         "settings": {"crfs": list(crfs), "roi_crfs": list(roi_crfs), "roi_qoffsets": list(roi_qoffsets), "alpha": alpha,
+                     "schemes": list(schemes),
                      "dilate": dilate, "roi_every": roi_every, "every": every, "chunk": chunk, "width": width,
                      "accmodel_width": cfg.get("width"),
                      "bootstrap": bootstrap},
@@ -460,7 +469,8 @@ def _bench_roi(args: argparse.Namespace) -> int:
     try:
         run_bench_roi(videos, Path(args.accmodel), Path(args.out), crfs=args.crf, roi_crfs=args.roi_crf,
                       roi_qoffsets=args.roi_qoffset, alpha=args.alpha, dilate=args.dilate, roi_every=args.roi_every,
-                      every=args.every, chunk=args.chunk, bootstrap=args.bootstrap, width=args.width)
+                      every=args.every, chunk=args.chunk, bootstrap=args.bootstrap, width=args.width,
+                      schemes=args.schemes)
     except ValueError as exc:
         print(f"bench roi: {exc}", file=sys.stderr)
         return 2
@@ -485,6 +495,8 @@ def add_bench_roi_parser(bench_sub) -> None:
     p.add_argument("--every", type=int, default=2, help="every N-th frame of the videos (default: 2)")
     p.add_argument("--chunk", type=int, default=10, help="frames per H.264 chunk (default: 10)")
     p.add_argument("--width", type=int, help="frame width sent, capped at each video's own (default: each video's own, scale 1)")
+    p.add_argument("--schemes", nargs="+", choices=ROI_SCHEMES, default=list(ROI_SCHEMES),
+                   help="ROI curves beside uniform (default: all; accmodel alone skips the oracle's gradients)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the saving's interval (default: 1000)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.set_defaults(func=_bench_roi)
