@@ -21,10 +21,12 @@ Pure numpy, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Hashable, Mapping, Sequence
+from typing import NamedTuple, TypeVar
 
 import numpy as np
+
+K = TypeVar("K", bound=Hashable)  # a test curve's name: any key the caller groups curves by
 
 
 class Curve(NamedTuple):
@@ -96,9 +98,9 @@ def _curve(runs: Sequence[ChunkedRun], draw: np.ndarray) -> Curve:
 
 
 def bootstrap_bd_saving(
-    reference: Sequence[ChunkedRun], tests: Mapping[str, Sequence[ChunkedRun]], *, rounds: int = 1000,
+    reference: Sequence[ChunkedRun], tests: Mapping[K, Sequence[ChunkedRun]], *, rounds: int = 1000,
     seed: int = 0, degree: int = 3, level: float = 0.9,
-) -> dict[str, dict[str, float | None]]:
+) -> dict[K, dict[str, float | None]]:
     """BD saving of each test curve over ``reference`` with a paired bootstrap interval over chunks.
 
     Every run must cover the same chunks of the same frames. Returns, per
@@ -113,7 +115,7 @@ def bootstrap_bd_saving(
     chunks = n.pop()
     rng = np.random.default_rng(seed)
     draws = [np.arange(chunks)] + [rng.integers(0, chunks, chunks) for _ in range(rounds)]
-    out: dict[str, dict[str, float | None]] = {}
+    out: dict[K, dict[str, float | None]] = {}
     for name, runs_ in tests.items():
         values = []
         for draw in draws:

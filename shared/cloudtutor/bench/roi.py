@@ -31,9 +31,9 @@ bootstrap interval over the chunks (:func:`bd_table`); single points on a
 100-frame video swing by ±10%.
 
 Frames are sent ``width`` wide, never wider than the video itself
-(default: each video at its own size, as the edge sends at ``scale`` 1). The edge-side cost is the
-AccModel's time per run and per frame (amortised over ``roi_every``)
-against the encoder's time per frame, on this CPU.
+(default: each video at its own size, as the edge sends at ``scale`` 1).
+The edge-side cost is the AccModel's time per run and per frame (amortised
+over ``roi_every``) against the encoder's time per frame, on this CPU.
 
 The AccModel's training video is scored on its held-out tail only; any
 other video on all of its sampled frames.
@@ -186,7 +186,7 @@ def _brief(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def _chunked(row: Mapping[str, Any], chunk: int) -> ChunkedRun:
     mious = [np.nan if m is None else m for m in row["frame_miou"]]
-    return ChunkedRun(row["chunk_bytes"], [mious[i:i + chunk] for i in range(0, len(mious), chunk)])
+    return ChunkedRun(row["chunk_bytes"], _chunks(mious, chunk))
 
 
 def bd_table(schemes: Mapping[str, Sequence[Mapping[str, Any]]], chunk: int, *, rounds: int = 1000) -> list[dict[str, Any]]:
@@ -195,20 +195,19 @@ def bd_table(schemes: Mapping[str, Sequence[Mapping[str, Any]]], chunk: int, *, 
     both cover, with a paired bootstrap interval over the chunks
     (:mod:`cloudtutor.bench.bdrate`). Single points swing by ±10% on a
     short video; this is the figure to read."""
-    curves: dict[str, list[Mapping[str, Any]]] = {}
+    curves: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
     for name, rows in schemes.items():
         if name == "uniform":
             continue
         for row in rows:
-            curves.setdefault(f"{name}|{row['roi_qoffset']}", []).append(row)
+            curves.setdefault((name, row["roi_qoffset"]), []).append(row)
     tests = {key: [_chunked(r, chunk) for r in rows] for key, rows in curves.items()
              if len({r["teacher_miou"] for r in rows}) >= 2}
     boot = bootstrap_bd_saving([_chunked(r, chunk) for r in schemes["uniform"]], tests, rounds=rounds)
     out = []
-    for key, bd in boot.items():
-        name, qoffset = key.split("|")
-        rows = curves[key]
-        out.append({"scheme": name, "roi_qoffset": float(qoffset), "points": len(rows),
+    for (name, qoffset), bd in boot.items():
+        rows = curves[name, qoffset]
+        out.append({"scheme": name, "roi_qoffset": qoffset, "points": len(rows),
                     "roi_coverage": round(float(np.mean([r["roi_coverage"] for r in rows])), 4),
                     **{k: (None if v is None else (round(v, 4) if isinstance(v, float) else v)) for k, v in bd.items()},
                     "overlap": None if bd["overlap"] is None else [round(v, 4) for v in bd["overlap"]]})
