@@ -562,5 +562,7 @@ def _roi_planner(config: EdgeConfig):
     from cloudtutor.accmpeg.accmodel import load_accmodel
     from cloudtutor.accmpeg.roi import RoiPlanner
 
-    log.info("ROI encoding: AccModel %s", config.roi_accmodel)
-    return RoiPlanner(load_accmodel(config.roi_accmodel).model)
+    ckpt = load_accmodel(config.roi_accmodel)
+    width = ckpt.config.get("width")  # the model runs at the scale it learned (AccModel.predict)
+    log.info("ROI encoding: AccModel %s, run on frames at most %s px wide", config.roi_accmodel, width)
+    return RoiPlanner(ckpt.model, width=width)

@@ -87,17 +87,33 @@ class AccModel(nn.Module):
             getattr(self, name).requires_grad_(not frozen)
 
     @torch.no_grad()
-    def predict(self, rgb: np.ndarray) -> np.ndarray:
-        """Probability that each macroblock should be high quality, ``(rows, cols)`` float32."""
+    def predict(self, rgb: np.ndarray, width: int | None = None) -> np.ndarray:
+        """Probability that each macroblock should be high quality, ``(rows, cols)`` float32.
+
+        ``width``: a frame wider than this is shrunk to it (height in aspect, sides
+        rounded to 16) before the model runs, and the probabilities are stretched
+        back to the frame's own block grid. A model sees objects at the pixel scale
+        it learned them at (its training width), and runs in a quarter of the time
+        on a frame twice that wide.
+        """
         rows, cols = block_grid(rgb.shape[1], rgb.shape[0])
+        if width is not None and width < 1:
+            raise ValueError(f"AccModel width must be >= 1 pixel, got {width}")
+        small = rgb
+        if width is not None and rgb.shape[1] > width:
+            from cloudtutor.h264 import sent_size
+            from cloudtutor.models.preprocess import resize_rgb
+
+            small = resize_rgb(rgb, sent_size((rgb.shape[1], rgb.shape[0]), rgb.shape[1] / width))
         was_training = self.training
         self.eval()
         try:
-            probs = self(espnet_input(rgb_batch(rgb))).softmax(1)[0, 1]
+            probs = self(espnet_input(rgb_batch(small))).softmax(1)[:, 1:]
         finally:
             self.train(was_training)
-        assert probs.shape == (rows, cols)
-        return probs.float().numpy()
+        if probs.shape[-2:] != (rows, cols):
+            probs = F.interpolate(probs, size=(rows, cols), mode="bilinear", align_corners=False)
+        return probs[0, 0].float().numpy()
 
 
 def from_espnet(espnet: nn.Module, head: int = 64) -> AccModel:
@@ -128,11 +144,14 @@ class AccModelCheckpoint:
     step: int
     optimizer_state: dict[str, Any] | None
     arch_args: dict[str, Any]
+    # What only a resumed run needs beside the optimiser (the raw weights when
+    # the checkpoint's own are their moving average); None when nothing.
+    train_state: dict[str, Any] | None = None
 
 
 def save_accmodel(
     path: str | os.PathLike[str], model: AccModel, *, config: Mapping[str, Any], step: int,
-    optimizer_state: Mapping[str, Any] | None = None,
+    optimizer_state: Mapping[str, Any] | None = None, train_state: Mapping[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint atomically (temporary file, then rename)."""
     path = Path(path)
@@ -141,6 +160,7 @@ def save_accmodel(
         "format": FORMAT, "version": VERSION, "arch": ARCH, "arch_args": model.arch_args(),
         "state_dict": model.state_dict(), "config": dict(config), "step": int(step),
         "optimizer_state": None if optimizer_state is None else dict(optimizer_state),
+        "train_state": None if train_state is None else dict(train_state),
     }
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
@@ -169,7 +189,7 @@ def load_accmodel(path: str | os.PathLike[str]) -> AccModelCheckpoint:
     model = AccModel(**args)
     model.load_state_dict(payload["state_dict"])
     return AccModelCheckpoint(model.eval(), dict(payload["config"]), int(payload["step"]),
-                              payload.get("optimizer_state"), args)
+                              payload.get("optimizer_state"), args, payload.get("train_state"))
 
 
 __all__ = ["ARCH", "FORMAT", "AccModel", "AccModelCheckpoint", "from_espnet", "high_quality_loss",

@@ -217,7 +217,8 @@ def bd_table(schemes: Mapping[str, Sequence[Mapping[str, Any]]], chunk: int, *, 
 def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int, width: int | None, held_out: float,
                 chunk: int, crfs: Sequence[float], roi_crfs: Sequence[float], qoffsets: Sequence[float], alpha: float,
                 dilation: int, roi_every: int, bootstrap: int = 1000,
-                roi_schemes: Sequence[str] = ROI_SCHEMES) -> dict[str, Any]:
+                roi_schemes: Sequence[str] = ROI_SCHEMES, model_width: int | None = None,
+                max_share: float = 1.0) -> dict[str, Any]:
     from cloudtutor.accmpeg.roi import RoiPlanner, coverage
     from cloudtutor.accmpeg.train import sent_frames
 
@@ -241,8 +242,8 @@ def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int,
         uniform.append(row)
         log.info("%s uniform CRF %g: %s", video.name, crf, _brief(row))
 
-    planner = RoiPlanner(ckpt.model)
-    model_masks = planner.plan(frames, every=roi_every, alpha=alpha, dilation=dilation)
+    planner = RoiPlanner(ckpt.model, width=model_width)
+    model_masks = planner.plan(frames, every=roi_every, alpha=alpha, dilation=dilation, max_share=max_share)
     model_ms = 1000 * planner.model_seconds / max(1, planner.runs)
     log.info("%s: AccModel ran %d times, %.1f ms a run", video.name, planner.runs, model_ms)
     masks_of = {"accmodel": model_masks}
@@ -308,8 +309,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         "# bench roi (AccMPEG)", "",
         f"AccModel `{report['accmodel']}` trained on **{report['trained_on']}**; AccGrad gradients from "
         f"{report['gradients_from']}. Teacher mIoU against the TFLite teacher on the pristine frames at the sent size. "
-        f"ROI: qoffset {_offsets(s)}, alpha {s['alpha']}, dilate {s['dilate']}, "
-        f"AccModel every {s['roi_every']} frames; chunks of {s['chunk']} frames, x264 preset medium, aq-mode 1.", "",
+        f"ROI: qoffset {_offsets(s)}, alpha {s['alpha']}, max share {s.get('max_share', 1.0):g}, dilate {s['dilate']}, "
+        f"AccModel every {s['roi_every']} frames, on {_run_width(s)}; chunks of {s['chunk']} frames, x264 preset medium, aq-mode 1.", "",
         "## Saving at equal teacher mIoU, per curve", "",
         "Bjøntegaard-style: log bytes fitted against mIoU for the ROI curve and the uniform CRF curve, the gap "
         "averaged over the mIoU range both cover; interval: paired bootstrap over the chunks "
@@ -364,6 +365,11 @@ def markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _run_width(settings: Mapping[str, Any]) -> str:
+    w = settings.get("accmodel_run_width")
+    return "each frame at its own size" if w is None else f"frames shrunk to at most {w} px wide"
+
+
 def _offsets(settings: Mapping[str, Any]) -> str:
     return ", ".join(f"{q:.4f} (x51 = {51 * q:.1f} QP)" for q in settings["roi_qoffsets"])
 
@@ -406,8 +412,11 @@ def run_bench_roi(
     videos: Sequence[Path], accmodel: Path, out: Path, *, crfs: Sequence[float] = UNIFORM_CRFS,
     roi_crfs: Sequence[float] = ROI_CRFS, roi_qoffsets: Sequence[float] = ROI_QOFFSETS, alpha: float = 0.2, dilate: int = 0,
     roi_every: int = 10, every: int = 2, chunk: int = 10, held_out: float | None = None, bootstrap: int = 1000,
-    width: int | None = None, schemes: Sequence[str] = ROI_SCHEMES,
+    width: int | None = None, schemes: Sequence[str] = ROI_SCHEMES, model_width: int | None = None,
+    max_share: float = 1.0,
 ) -> dict[str, Any]:
+    """``model_width``: the AccModel runs on frames shrunk to at most this
+    width (None: its training width, as the edge runs it; 0: each frame's own)."""
     import torch
 
     from cloudtutor.accmpeg.accmodel import load_accmodel
@@ -421,6 +430,7 @@ def run_bench_roi(
     cfg = ckpt.config
     trained_on = str(cfg.get("video", "(not recorded)"))
     held = cfg.get("held_out", 0.25) if held_out is None else held_out
+    run_width = cfg.get("width") if model_width is None else (model_width or None)
     teacher = build_teacher("cityscapes19")  # one TFLite thread: it shares the process with torch (data README)
     proxy = frozen_proxy(cfg.get("proxy", "espnet"))
     results = []
@@ -429,7 +439,7 @@ def run_bench_roi(
             Path(video), ckpt, teacher, proxy, trained=Path(video).name == trained_on, every=every,
             width=width, held_out=held, chunk=chunk, crfs=crfs, roi_crfs=roi_crfs,
             qoffsets=roi_qoffsets, alpha=alpha, dilation=dilate, roi_every=roi_every, bootstrap=bootstrap,
-            roi_schemes=schemes))
+            roi_schemes=schemes, model_width=run_width, max_share=max_share))
     report = {
         "schema": SCHEMA, "accmodel": str(accmodel), "trained_on": trained_on,
         "gradients_from": f"a frozen copy of the pretrained {cfg.get('proxy', 'espnet')!r} (differentiable proxy of the "
@@ -439,7 +449,7 @@ def run_bench_roi(
         "settings": {"crfs": list(crfs), "roi_crfs": list(roi_crfs), "roi_qoffsets": list(roi_qoffsets), "alpha": alpha,
                      "schemes": list(schemes),
                      "dilate": dilate, "roi_every": roi_every, "every": every, "chunk": chunk, "width": width,
-                     "accmodel_width": cfg.get("width"),
+                     "accmodel_width": cfg.get("width"), "accmodel_run_width": run_width, "max_share": max_share,
                      "bootstrap": bootstrap},
         "paper_qp": list(PAPER_QP), "results": results,
     }
@@ -469,7 +479,7 @@ def _bench_roi(args: argparse.Namespace) -> int:
         run_bench_roi(videos, Path(args.accmodel), Path(args.out), crfs=args.crf, roi_crfs=args.roi_crf,
                       roi_qoffsets=args.roi_qoffset, alpha=args.alpha, dilate=args.dilate, roi_every=args.roi_every,
                       every=args.every, chunk=args.chunk, bootstrap=args.bootstrap, width=args.width,
-                      schemes=args.schemes)
+                      schemes=args.schemes, model_width=args.model_width, max_share=args.max_share)
     except ValueError as exc:
         print(f"bench roi: {exc}", file=sys.stderr)
         return 2
@@ -489,6 +499,8 @@ def add_bench_roi_parser(bench_sub) -> None:
     p.add_argument("--roi-qoffset", dest="roi_qoffset", type=float, nargs="+", default=list(ROI_QOFFSETS),
                    help="addroi qoffset(s) of the ROI blocks, each a curve (x51 QP; default: -3/51 -6/51)")
     p.add_argument("--alpha", type=float, default=0.2, help="AccModel threshold (default: 0.2)")
+    p.add_argument("--max-share", dest="max_share", type=float, default=1.0,
+                   help="at most this share of a frame's blocks in the AccModel's ROI, its most probable (default: 1, no cap)")
     p.add_argument("--dilate", type=int, default=0, help="ROI dilation in blocks (default: 0)")
     p.add_argument("--roi-every", dest="roi_every", type=int, default=10, help="run the AccModel every k frames (default: 10)")
     p.add_argument("--every", type=int, default=2, help="every N-th frame of the videos (default: 2)")
@@ -496,6 +508,8 @@ def add_bench_roi_parser(bench_sub) -> None:
     p.add_argument("--width", type=int, help="frame width sent, capped at each video's own (default: each video's own, scale 1)")
     p.add_argument("--schemes", nargs="+", choices=ROI_SCHEMES, default=list(ROI_SCHEMES),
                    help="ROI curves beside uniform (default: all; accmodel alone skips the oracle's gradients)")
+    p.add_argument("--model-width", dest="model_width", type=int,
+                   help="run the AccModel on frames shrunk to this width (default: its training width, as the edge does; 0: each frame's own)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the saving's interval (default: 1000)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.set_defaults(func=_bench_roi)
