@@ -48,18 +48,6 @@ def test_dilation_grows_by_whole_blocks_and_stops_at_the_border():
     assert dilate(corner, 2).sum() == 9
 
 
-def test_max_share_keeps_the_most_probable_blocks_above_alpha():
-    scores = np.array([[0.9, 0.1, 0.5, 0.3], [0.7, 0.25, 0.0, 0.6]])
-    assert threshold(scores, 0.2).sum() == 6
-    assert threshold(scores, 0.2, max_share=0.25).tolist() == [[True, False, False, False], [True, False, False, False]]
-    assert threshold(scores, 0.2, max_share=0.5).tolist() == [[True, False, True, False], [True, False, False, True]]
-    assert threshold(scores, 0.65, max_share=0.5).sum() == 2  # alpha still decides first
-    assert not threshold(scores, 0.2, max_share=0.0).any()
-    assert threshold(np.full((2, 2), 0.5), 0.2, max_share=0.5).tolist() == [[True, True], [False, False]]  # ties: first
-    with pytest.raises(ValueError, match="max_share"):
-        threshold(scores, 0.2, max_share=1.5)
-
-
 def test_threshold_and_bad_input():
     scores = np.array([[0.1, 0.2], [0.3, 0.0]])
     assert threshold(scores, 0.2).tolist() == [[False, True], [True, False]]

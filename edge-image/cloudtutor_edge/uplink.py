@@ -185,8 +185,7 @@ class Uplink:
 
             qoffset = knobs.roi_qoffset
             before = self.roi.model_seconds
-            masks = self.roi.plan(batch.frames, every=knobs.roi_every, alpha=knobs.roi_alpha,
-                                  dilation=knobs.roi_dilate, max_share=knobs.roi_max_share)
+            masks = self.roi.plan(batch.frames, every=knobs.roi_every, alpha=knobs.roi_alpha, dilation=knobs.roi_dilate)
             self.metrics.inc(_M.ACCMODEL_SECONDS, self.roi.model_seconds - before)
             roi_fields = {"roi_qoffset": qoffset, "roi_coverage": round(coverage(masks), 4)}
         started = time.perf_counter()

@@ -30,7 +30,6 @@ class Knobs(BaseModel):
     roi_qoffset: float = Field(0.0, ge=-1.0, le=0.0, description="x264 ROI qoffset for AccModel regions (negative = better; scaled by 51).")
     roi_alpha: float = Field(0.2, ge=0.0, le=1.0, description="AccModel threshold alpha.")
     roi_dilate: int = Field(0, ge=0, le=16, description="Macroblocks to dilate the ROI mask by (0: one block of dilation takes the AccModel's ROI on highway at 960 px from 47% to 74% of the frame, most of it; bench roi measures 0).")
-    roi_max_share: float = Field(1.0, ge=0.0, le=1.0, description="At most this share of a frame's blocks in the ROI, the AccModel's most probable (1: no cap, the paper's alpha rule alone).")
     roi_every: int = Field(10, ge=1, le=1000, description="Run the AccModel every k frames.")
     key_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Content change above which a frame is a key frame (CloudSeg 2-level selector; 0.5: driving clips sampled at 2 fps change 0.06-0.45, a scene cut 0.93).")
     useful_threshold: float = Field(0.05, ge=0.0, le=1.0, description="Content change above which a frame is useful; below it is skipped.")

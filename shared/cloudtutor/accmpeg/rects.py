@@ -43,26 +43,14 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
     return mask
 
 
-def threshold(scores: np.ndarray, alpha: float, max_share: float = 1.0) -> np.ndarray:
-    """Blocks whose score is at least ``alpha`` (AccMPEG §4: AccGrad_B >= alpha),
-    and of those at most ``max_share`` of the frame's blocks, the highest-scoring
-    (ties: the first in row-major order). The cap bounds the ROI of a model whose
-    probabilities on unseen video sit higher than on its training video."""
+def threshold(scores: np.ndarray, alpha: float) -> np.ndarray:
+    """Blocks whose score is at least ``alpha`` (AccMPEG §4: AccGrad_B >= alpha)."""
     scores = np.asarray(scores)
     if scores.ndim != 2:
         raise ValueError(f"scores are 2-D (rows, cols), got shape {scores.shape}")
     if not np.all(np.isfinite(scores)):
         raise ValueError("scores hold NaN or infinity")
-    if not 0.0 <= max_share <= 1.0:
-        raise ValueError(f"max_share must lie in [0, 1], got {max_share}")
-    mask = scores >= alpha
-    keep = int(np.floor(max_share * scores.size + 1e-9))
-    if mask.sum() > keep:
-        order = np.argsort(-scores.ravel(), kind="stable")[:keep]
-        capped = np.zeros(scores.size, dtype=bool)
-        capped[order] = True
-        mask = capped.reshape(scores.shape) & mask
-    return mask
+    return scores >= alpha
 
 
 def dilate(mask: np.ndarray, blocks: int) -> np.ndarray:

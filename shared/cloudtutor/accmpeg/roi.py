@@ -2,8 +2,7 @@
 
 Runs the AccModel on one frame every ``roi_every`` frames and uses its
 mask for that frame and the next ``roi_every - 1`` (also across chunks),
-thresholds the high-quality probability at ``roi_alpha``, keeps at most
-``roi_max_share`` of the frame's blocks (the most probable), and dilates the
+thresholds the high-quality probability at ``roi_alpha`` and dilates the
 mask by ``roi_dilate`` blocks. A frame of another size forces a new run.
 The model sees frames at no more than ``width`` pixels (its training width:
 see :meth:`~cloudtutor.accmpeg.accmodel.AccModel.predict`).
@@ -34,10 +33,9 @@ class RoiPlanner:
     def reset(self) -> None:
         self._mask, self._age = None, 0
 
-    def plan(self, frames: Sequence[np.ndarray], *, every: int, alpha: float, dilation: int,
-             max_share: float = 1.0) -> list[np.ndarray]:
-        if every < 1 or dilation < 0 or not 0.0 <= alpha <= 1.0 or not 0.0 <= max_share <= 1.0:
-            raise ValueError(f"bad ROI knobs: every={every}, alpha={alpha}, dilate={dilation}, max_share={max_share}")
+    def plan(self, frames: Sequence[np.ndarray], *, every: int, alpha: float, dilation: int) -> list[np.ndarray]:
+        if every < 1 or dilation < 0 or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"bad ROI knobs: every={every}, alpha={alpha}, dilate={dilation}")
         masks = []
         for rgb in frames:
             grid = (rgb.shape[0] // 16, rgb.shape[1] // 16)
@@ -46,7 +44,7 @@ class RoiPlanner:
                 probs = self.model.predict(rgb, self.width)
                 self.model_seconds += time.perf_counter() - started
                 self.runs += 1
-                self._mask, self._age = dilate(threshold(probs, alpha, max_share), dilation), 0
+                self._mask, self._age = dilate(threshold(probs, alpha), dilation), 0
             masks.append(self._mask)
             self._age += 1
         return masks

@@ -217,8 +217,7 @@ def bd_table(schemes: Mapping[str, Sequence[Mapping[str, Any]]], chunk: int, *, 
 def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int, width: int | None, held_out: float,
                 chunk: int, crfs: Sequence[float], roi_crfs: Sequence[float], qoffsets: Sequence[float], alpha: float,
                 dilation: int, roi_every: int, bootstrap: int = 1000,
-                roi_schemes: Sequence[str] = ROI_SCHEMES, model_width: int | None = None,
-                max_share: float = 1.0) -> dict[str, Any]:
+                roi_schemes: Sequence[str] = ROI_SCHEMES, model_width: int | None = None) -> dict[str, Any]:
     from cloudtutor.accmpeg.roi import RoiPlanner, coverage
     from cloudtutor.accmpeg.train import sent_frames
 
@@ -243,7 +242,7 @@ def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int,
         log.info("%s uniform CRF %g: %s", video.name, crf, _brief(row))
 
     planner = RoiPlanner(ckpt.model, width=model_width)
-    model_masks = planner.plan(frames, every=roi_every, alpha=alpha, dilation=dilation, max_share=max_share)
+    model_masks = planner.plan(frames, every=roi_every, alpha=alpha, dilation=dilation)
     model_ms = 1000 * planner.model_seconds / max(1, planner.runs)
     log.info("%s: AccModel ran %d times, %.1f ms a run", video.name, planner.runs, model_ms)
     masks_of = {"accmodel": model_masks}
@@ -309,7 +308,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         "# bench roi (AccMPEG)", "",
         f"AccModel `{report['accmodel']}` trained on **{report['trained_on']}**; AccGrad gradients from "
         f"{report['gradients_from']}. Teacher mIoU against the TFLite teacher on the pristine frames at the sent size. "
-        f"ROI: qoffset {_offsets(s)}, alpha {s['alpha']}, max share {s.get('max_share', 1.0):g}, dilate {s['dilate']}, "
+        f"ROI: qoffset {_offsets(s)}, alpha {s['alpha']}, dilate {s['dilate']}, "
         f"AccModel every {s['roi_every']} frames, on {_run_width(s)}; chunks of {s['chunk']} frames, x264 preset medium, aq-mode 1.", "",
         "## Saving at equal teacher mIoU, per curve", "",
         "Bjøntegaard-style: log bytes fitted against mIoU for the ROI curve and the uniform CRF curve, the gap "
@@ -413,7 +412,6 @@ def run_bench_roi(
     roi_crfs: Sequence[float] = ROI_CRFS, roi_qoffsets: Sequence[float] = ROI_QOFFSETS, alpha: float = 0.2, dilate: int = 0,
     roi_every: int = 10, every: int = 2, chunk: int = 10, held_out: float | None = None, bootstrap: int = 1000,
     width: int | None = None, schemes: Sequence[str] = ROI_SCHEMES, model_width: int | None = None,
-    max_share: float = 1.0,
 ) -> dict[str, Any]:
     """``model_width``: the AccModel runs on frames shrunk to at most this
     width (None: its training width, as the edge runs it; 0: each frame's own)."""
@@ -439,7 +437,7 @@ def run_bench_roi(
             Path(video), ckpt, teacher, proxy, trained=Path(video).name == trained_on, every=every,
             width=width, held_out=held, chunk=chunk, crfs=crfs, roi_crfs=roi_crfs,
             qoffsets=roi_qoffsets, alpha=alpha, dilation=dilate, roi_every=roi_every, bootstrap=bootstrap,
-            roi_schemes=schemes, model_width=run_width, max_share=max_share))
+            roi_schemes=schemes, model_width=run_width))
     report = {
         "schema": SCHEMA, "accmodel": str(accmodel), "trained_on": trained_on,
         "gradients_from": f"a frozen copy of the pretrained {cfg.get('proxy', 'espnet')!r} (differentiable proxy of the "
@@ -449,7 +447,7 @@ def run_bench_roi(
         "settings": {"crfs": list(crfs), "roi_crfs": list(roi_crfs), "roi_qoffsets": list(roi_qoffsets), "alpha": alpha,
                      "schemes": list(schemes),
                      "dilate": dilate, "roi_every": roi_every, "every": every, "chunk": chunk, "width": width,
-                     "accmodel_width": cfg.get("width"), "accmodel_run_width": run_width, "max_share": max_share,
+                     "accmodel_width": cfg.get("width"), "accmodel_run_width": run_width,
                      "bootstrap": bootstrap},
         "paper_qp": list(PAPER_QP), "results": results,
     }
@@ -479,7 +477,7 @@ def _bench_roi(args: argparse.Namespace) -> int:
         run_bench_roi(videos, Path(args.accmodel), Path(args.out), crfs=args.crf, roi_crfs=args.roi_crf,
                       roi_qoffsets=args.roi_qoffset, alpha=args.alpha, dilate=args.dilate, roi_every=args.roi_every,
                       every=args.every, chunk=args.chunk, bootstrap=args.bootstrap, width=args.width,
-                      schemes=args.schemes, model_width=args.model_width, max_share=args.max_share)
+                      schemes=args.schemes, model_width=args.model_width)
     except ValueError as exc:
         print(f"bench roi: {exc}", file=sys.stderr)
         return 2
@@ -499,8 +497,6 @@ def add_bench_roi_parser(bench_sub) -> None:
     p.add_argument("--roi-qoffset", dest="roi_qoffset", type=float, nargs="+", default=list(ROI_QOFFSETS),
                    help="addroi qoffset(s) of the ROI blocks, each a curve (x51 QP; default: -3/51 -6/51)")
     p.add_argument("--alpha", type=float, default=0.2, help="AccModel threshold (default: 0.2)")
-    p.add_argument("--max-share", dest="max_share", type=float, default=1.0,
-                   help="at most this share of a frame's blocks in the AccModel's ROI, its most probable (default: 1, no cap)")
     p.add_argument("--dilate", type=int, default=0, help="ROI dilation in blocks (default: 0)")
     p.add_argument("--roi-every", dest="roi_every", type=int, default=10, help="run the AccModel every k frames (default: 10)")
     p.add_argument("--every", type=int, default=2, help="every N-th frame of the videos (default: 2)")

@@ -78,7 +78,7 @@ class EdgeConfig(Section):
         None,
         description="AccMPEG ROI encoding: an AccModel checkpoint (`cloudtutor train accmodel`). With it, the uplink runs "
         "the AccModel every `roi_every` sampled frames and encodes its blocks `roi_qoffset` x 51 QP better than the `crf` "
-        "background (roi_alpha, roi_max_share, roi_dilate); ROI is off while the knob roi_qoffset is 0. None: ROI off.",
+        "background (roi_alpha, roi_dilate); ROI is off while the knob roi_qoffset is 0. None: ROI off.",
     )
 
     @field_validator("sources", mode="before")
