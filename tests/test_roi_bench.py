@@ -73,8 +73,9 @@ def test_bd_table_gives_one_saving_per_roi_curve():
 
 def test_bench_runs_end_to_end_on_real_frames(tmp_path, data_root):
     """Real video, real H.264, the real TFLite teacher; an untrained AccModel
-    (a fixed mask is all the plumbing needs). ``--schemes accmodel`` leaves
-    the oracle out, so its curves are absent, not empty."""
+    (a fixed mask is all the plumbing needs). ``--schemes accmodel shuffled``
+    leaves the oracle out, so its curves are absent, not empty; the shuffled
+    control holds the AccModel's share."""
     import json
 
     from cloudtutor.accmpeg.accmodel import from_espnet, save_accmodel
@@ -85,15 +86,19 @@ def test_bench_runs_end_to_end_on_real_frames(tmp_path, data_root):
     save_accmodel(ckpt, from_espnet(build_model("espnet", download=False), head=16), config={}, step=0)
     video = data_root / "video/camvid-0016E5-480x360-15fps.mp4"
     report = run_bench_roi([video], ckpt, tmp_path / "out", crfs=(16, 24, 32), roi_crfs=(20, 28), roi_qoffsets=(-6 / 51,),
-                           alpha=0.5, every=25, chunk=2, bootstrap=20, schemes=("accmodel",))
+                           alpha=0.5, every=25, chunk=2, bootstrap=20, schemes=("accmodel", "shuffled"),
+                           model_width=0)
     result = report["results"][0]
-    assert set(result["schemes"]) == {"uniform", "accmodel"}
+    assert set(result["schemes"]) == {"uniform", "accmodel", "shuffled"}
+    model, control = result["schemes"]["accmodel"][0], result["schemes"]["shuffled"][0]
+    assert model["roi_coverage"] == control["roi_coverage"]  # the same share of blocks
     assert result["split"] == "unseen video" and result["frames"] == 5
     uniform = result["schemes"]["uniform"]
     assert uniform[0]["bytes_per_frame"] > uniform[-1]["bytes_per_frame"]  # CRF 16 costs more than CRF 32
     assert all(len(r["frame_miou"]) == 5 and len(r["chunk_bytes"]) == 3 for r in uniform)
-    assert [r["scheme"] for r in result["bd_saving"]] in ([], ["accmodel"])
+    assert {r["scheme"] for r in result["bd_saving"]} <= {"accmodel", "shuffled"}
     assert result["edge_cost"]["accmodel_ms_per_run"] > 0
     on_disk = json.loads((tmp_path / "out/roi.json").read_text())
-    assert on_disk["settings"]["schemes"] == ["accmodel"]
+    assert on_disk["settings"]["schemes"] == ["accmodel", "shuffled"]
+    assert on_disk["settings"]["accmodel_run_width"] is None  # model_width 0: each frame at its own size
     assert (tmp_path / "out/roi.png").stat().st_size > 1000 and "| accmodel |" in (tmp_path / "out/roi.md").read_text()

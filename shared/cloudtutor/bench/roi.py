@@ -17,7 +17,11 @@ and pixel accuracy beside it). Schemes:
   like the training labels, dilated likewise;
 * ``random``: the control: each oracle mask's blocks shuffled over the
   frame (same share, no knowledge), which tells whether AccGrad picks the
-  right blocks even where ROI as such does not pay.
+  right blocks even where ROI as such does not pay;
+* ``shuffled``: the AccModel's control: each of its masks with the blocks
+  shuffled over the frame, kept as long as the mask (same share, same
+  churn), which tells whether its saving comes from the blocks it picks or
+  from spending its share of the frame at a better QP at all.
 
 ROI points use the same background CRFs (``roi_crfs``). For each, the
 effective QPs are read back from the bitstream (mean over ROI blocks and
@@ -66,8 +70,8 @@ UNIFORM_CRFS = tuple(range(8, 35, 2))
 ROI_CRFS = (12, 16, 20, 24, 28, 32)
 #: 3 and 6 QP better inside the ROI (x264 scales qoffset by 51).
 ROI_QOFFSETS = (-3 / 51, -6 / 51)
-#: The ROI curves: the AccModel, the exact-AccGrad oracle, and random blocks of the oracle's share.
-ROI_SCHEMES = ("accmodel", "accgrad", "random")
+#: The ROI curves: the AccModel, the exact-AccGrad oracle, random blocks of the oracle's share, and of the AccModel's.
+ROI_SCHEMES = ("accmodel", "accgrad", "random", "shuffled")
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -246,6 +250,9 @@ def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int,
     model_ms = 1000 * planner.model_seconds / max(1, planner.runs)
     log.info("%s: AccModel ran %d times, %.1f ms a run", video.name, planner.runs, model_ms)
     masks_of = {"accmodel": model_masks}
+    shuffled: dict[int, np.ndarray] = {}  # one shuffle per AccModel run: the planner repeats the same array
+    rng = np.random.default_rng(1)
+    masks_of["shuffled"] = [shuffled.setdefault(id(m), rng.permutation(m.ravel()).reshape(m.shape)) for m in model_masks]
     if {"accgrad", "random"} & set(roi_schemes):  # the oracle's gradients take minutes; skip them when unused
         cfg = ckpt.config
         t = time.perf_counter()
@@ -282,7 +289,9 @@ def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int,
             }
             schemes[name].append(row)
             log.info("%s %s CRF %g: %s", video.name, name, crf, _brief(row))
-    encode_ms = float(np.mean([r["encode_ms_per_frame"] for name in roi_schemes for r in schemes[name]]))
+    # The edge encodes with the AccModel's masks; the other schemes only stand in when it did not run.
+    timed = ["accmodel"] if "accmodel" in roi_schemes else roi_schemes
+    encode_ms = float(np.mean([r["encode_ms_per_frame"] for name in timed for r in schemes[name]]))
     return {
         "video": video.name, "split": "held-out tail of the AccModel's training video" if trained else "unseen video",
         "frames": len(frames), "size": [w, h], "every": every, "chunk": chunk, "schemes": schemes,
@@ -383,8 +392,9 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
     for ax, r in zip(axes[0], results):
         labels = {"uniform": "uniform CRF", "accmodel": "ROI, AccModel", "accgrad": "ROI, exact AccGrad (oracle)",
-                  "random": "ROI, random blocks (control)"}
-        for name, style in (("uniform", "o-"), ("accmodel", "s-"), ("accgrad", "^--"), ("random", "x:")):
+                  "random": "ROI, random blocks, oracle's share (control)",
+                  "shuffled": "ROI, random blocks, AccModel's share (control)"}
+        for name, style in (("uniform", "o-"), ("accmodel", "s-"), ("accgrad", "^--"), ("random", "x:"), ("shuffled", "d:")):
             rows = r["schemes"].get(name, [])
             # One curve per ROI QP offset when a run swept several.
             offsets = sorted({x.get("roi_qoffset") for x in rows}, key=lambda q: -(q or 0))
@@ -503,7 +513,7 @@ def add_bench_roi_parser(bench_sub) -> None:
     p.add_argument("--chunk", type=int, default=10, help="frames per H.264 chunk (default: 10)")
     p.add_argument("--width", type=int, help="frame width sent, capped at each video's own (default: each video's own, scale 1)")
     p.add_argument("--schemes", nargs="+", choices=ROI_SCHEMES, default=list(ROI_SCHEMES),
-                   help="ROI curves beside uniform (default: all; accmodel alone skips the oracle's gradients)")
+                   help="ROI curves beside uniform (default: all; without accgrad and random the oracle's gradients are skipped)")
     p.add_argument("--model-width", dest="model_width", type=int,
                    help="run the AccModel on frames shrunk to this width (default: its training width, as the edge does; 0: each frame's own)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the saving's interval (default: 1000)")
