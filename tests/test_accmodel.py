@@ -140,29 +140,3 @@ def test_registry_builds_the_accmodel_from_a_checkpoint(tmp_path, espnet, frames
     with pytest.raises(ValueError, match="no default weights"):
         build_model("accmodel")
 
-
-def test_a_training_run_ships_the_moving_average_and_resumes_it(tmp_path, data_root):
-    """``ema_decay`` > 0: the checkpoint's weights are the average (what the edge
-    runs) and the raw weights ride along for a resumed run, which picks both up."""
-    from cloudtutor.accmpeg.run import run_train_accmodel
-
-    video = data_root / "video/camvid-0016E5-480x360-15fps.mp4"
-    out = tmp_path / "acc.pt"
-    config = AccModelTrainConfig(steps=3, batch_size=2, crop=64, head=16, ema_decay=0.5, log_every=1, save_every=1)
-    run_train_accmodel(config, video, out, every=25)  # 5 frames: 4 train, 1 held out
-    ckpt = load_accmodel(out)
-    assert ckpt.step == 3 and ckpt.train_state["n_averaged"] == 3 and ckpt.config["ema_decay"] == 0.5
-    raw, shipped = ckpt.train_state["weights"], ckpt.model.state_dict()
-    assert raw.keys() == shipped.keys()
-    assert not torch.equal(raw["head.0.weight"], shipped["head.0.weight"])  # the average, not the last step
-    assert "validation" in ckpt.config
-
-    run_train_accmodel(config.model_copy(update={"steps": 5}), video, out, every=25)
-    resumed = load_accmodel(out)
-    assert resumed.step == 5 and resumed.train_state["n_averaged"] == 5
-    with pytest.raises(ValueError, match="ema_decay"):  # averaging is part of what was trained
-        run_train_accmodel(config.model_copy(update={"steps": 6, "ema_decay": 0.9}), video, out, every=25)
-
-    plain = tmp_path / "plain.pt"
-    run_train_accmodel(config.model_copy(update={"ema_decay": 0.0}), video, plain, every=25)
-    assert load_accmodel(plain).train_state is None

@@ -144,14 +144,11 @@ class AccModelCheckpoint:
     step: int
     optimizer_state: dict[str, Any] | None
     arch_args: dict[str, Any]
-    # What only a resumed run needs beside the optimiser (the raw weights when
-    # the checkpoint's own are their moving average); None when nothing.
-    train_state: dict[str, Any] | None = None
 
 
 def save_accmodel(
     path: str | os.PathLike[str], model: AccModel, *, config: Mapping[str, Any], step: int,
-    optimizer_state: Mapping[str, Any] | None = None, train_state: Mapping[str, Any] | None = None,
+    optimizer_state: Mapping[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint atomically (temporary file, then rename)."""
     path = Path(path)
@@ -160,7 +157,6 @@ def save_accmodel(
         "format": FORMAT, "version": VERSION, "arch": ARCH, "arch_args": model.arch_args(),
         "state_dict": model.state_dict(), "config": dict(config), "step": int(step),
         "optimizer_state": None if optimizer_state is None else dict(optimizer_state),
-        "train_state": None if train_state is None else dict(train_state),
     }
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
@@ -189,7 +185,7 @@ def load_accmodel(path: str | os.PathLike[str]) -> AccModelCheckpoint:
     model = AccModel(**args)
     model.load_state_dict(payload["state_dict"])
     return AccModelCheckpoint(model.eval(), dict(payload["config"]), int(payload["step"]),
-                              payload.get("optimizer_state"), args, payload.get("train_state"))
+                              payload.get("optimizer_state"), args)
 
 
 __all__ = ["ARCH", "FORMAT", "AccModel", "AccModelCheckpoint", "from_espnet", "high_quality_loss",

@@ -21,17 +21,6 @@ _MAY_CHANGE = frozenset({"steps", "log_every", "save_every"})
 DEFAULT_VIDEO = "camvid-0016E5-480x360-15fps.mp4"
 
 
-def moving_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
-    """An exponential moving average of ``model``'s weights and BatchNorm statistics (None when
-    ``decay`` is 0). On 76 frames the last step's weights swing with the seed and even the
-    thread count; their average over the last few hundred steps is what the edge should get."""
-    if decay <= 0.0:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
 def label_progress(what: str):
     def report(done: int, total: int) -> None:
         if done == total or done % 10 == 0:
@@ -52,7 +41,6 @@ def run_train_accmodel(
               "gradients_from": f"{config.proxy} (frozen, differentiable proxy of the TFLite teacher; brief §10.7)"}
     model = from_espnet(build_model("espnet", download=False), head=config.head)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-    averaged = moving_average(model, config.ema_decay)
     start = 0
     if resume and out.exists():
         ckpt = load_accmodel(out)
@@ -60,12 +48,7 @@ def run_train_accmodel(
                         if k not in _MAY_CHANGE and k != "validation" and ckpt.config.get(k) != record.get(k))
         if differ:
             raise ValueError(f"{out} was trained with other settings ({', '.join(differ)}); pass --no-resume or another --out")
-        if averaged is None:
-            model.load_state_dict(ckpt.model.state_dict())
-        else:  # the checkpoint's weights are the average; the raw ones ride in train_state
-            model.load_state_dict(ckpt.train_state["weights"])
-            averaged.module.load_state_dict(ckpt.model.state_dict())
-            averaged.n_averaged.fill_(int(ckpt.train_state["n_averaged"]))
+        model.load_state_dict(ckpt.model.state_dict())
         if ckpt.optimizer_state:
             optimizer.load_state_dict(ckpt.optimizer_state)
         start = ckpt.step
@@ -85,15 +68,11 @@ def run_train_accmodel(
              100 * sum(f.labels.sum() for f in labeled) / sum(f.labels.size for f in labeled))
 
     def save(step: int) -> None:
-        if averaged is None:
-            save_accmodel(out, model, config=record, step=step, optimizer_state=optimizer.state_dict())
-        else:
-            save_accmodel(out, averaged.module, config=record, step=step, optimizer_state=optimizer.state_dict(),
-                          train_state={"weights": model.state_dict(), "n_averaged": int(averaged.n_averaged)})
+        save_accmodel(out, model, config=record, step=step, optimizer_state=optimizer.state_dict())
 
-    train_steps(model, optimizer, labeled, config, start=start, on_save=save, averaged=averaged)
+    train_steps(model, optimizer, labeled, config, start=start, on_save=save)
     if held:
-        record["validation"] = block_scores(model if averaged is None else averaged.module, held)
+        record["validation"] = block_scores(model, held)
         log.info("held-out blocks at p>=0.5: %s", record["validation"])
         save(config.steps)
     log.info("wrote %s (%d steps)", out, config.steps)
@@ -109,7 +88,7 @@ def _train_accmodel(args: argparse.Namespace) -> int:
     setup_logging(LogSettings(level="INFO"), "cloudtutor.train.accmodel")
     torch.set_num_threads(args.threads)
     settings = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-    for key in ("steps", "batch_size", "seed", "width", "crf_high", "crf_low", "label_alpha", "proxy", "agreement", "ema_decay"):
+    for key in ("steps", "batch_size", "seed", "width", "crf_high", "crf_low", "label_alpha", "proxy", "agreement"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -146,8 +125,6 @@ def add_train_accmodel_parser(train_sub) -> None:
     p.add_argument("--agreement", choices=["cross_entropy", "soft_miou"],
                    help="AccGrad's Acc(D(X), D(H)) (default: cross_entropy, the paper's)")
     p.add_argument("--label-alpha", dest="label_alpha", type=float, help="label threshold on the frame-normalised AccGrad (default: 0.2)")
-    p.add_argument("--ema-decay", dest="ema_decay", type=float,
-                   help="keep a moving average of the weights with this decay and ship it (default: 0, off)")
     p.add_argument("--proxy", help="differentiable proxy model of the teacher (registry name; default: espnet)")
     p.add_argument("--every", type=int, default=1, help="every N-th frame of the video (default: 1: CamVid is 101 frames)")
     p.add_argument("--held-out", dest="held_out", type=float, default=0.25,

@@ -57,7 +57,6 @@ class AccModelTrainConfig(BaseModel):
     crop: int = Field(192, ge=MB, description="Crop side in pixels (a multiple of 16; frames smaller than it are used whole).")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     high_weight: float = Field(4.0, gt=0, description="Cross-entropy weight of high-quality blocks (AccMPEG §5: 4).")
-    ema_decay: float = Field(0.0, ge=0.0, lt=1.0, description="Decay of an exponential moving average of the weights, which the checkpoint then holds (0: the last step's weights).")
     seed: int = Field(0, description="Seed of crops and initialisation.")
     log_every: int = Field(25, ge=1, description="Steps between progress lines.")
     save_every: int = Field(100, ge=1, description="Steps between checkpoints.")
@@ -159,11 +158,10 @@ def block_scores(model: AccModel, frames: Sequence[LabeledFrame], alpha: float =
 
 def train_steps(
     model: AccModel, optimizer: torch.optim.Optimizer, frames: Sequence[LabeledFrame], config: AccModelTrainConfig,
-    *, start: int = 0, on_save: Callable[[int], None] | None = None, averaged: torch.nn.Module | None = None,
+    *, start: int = 0, on_save: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Steps ``start .. config.steps``; returns the losses. BatchNorm of the
-    ESPNet-initialised features stays in eval mode (their statistics are the pretrained ones).
-    ``averaged`` (a :class:`torch.optim.swa_utils.AveragedModel` of ``model``) is updated after each step."""
+    ESPNet-initialised features stays in eval mode (their statistics are the pretrained ones)."""
     from cloudtutor.srtrain import espnet_input
 
     if not frames:
@@ -182,8 +180,6 @@ def train_steps(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if averaged is not None:
-            averaged.update_parameters(model)
         losses.append(float(loss.detach()))
         window.append(losses[-1])
         done = step + 1
