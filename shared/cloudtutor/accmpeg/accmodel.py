@@ -93,8 +93,8 @@ class AccModel(nn.Module):
         ``width``: a frame wider than this is shrunk to it (height in aspect, sides
         rounded to 16) before the model runs, and the probabilities are stretched
         back to the frame's own block grid. A model sees objects at the pixel scale
-        it learned them at (its training width), and runs in a quarter of the time
-        on a frame twice that wide.
+        it learned them at (its training width), and on a frame twice that wide it
+        runs on a quarter of the pixels.
         """
         rows, cols = block_grid(rgb.shape[1], rgb.shape[0])
         if width is not None and width < 1:
