@@ -139,4 +139,3 @@ def test_registry_builds_the_accmodel_from_a_checkpoint(tmp_path, espnet, frames
     assert np.array_equal(built.predict(frames[0]), model.eval().predict(frames[0]))
     with pytest.raises(ValueError, match="no default weights"):
         build_model("accmodel")
-

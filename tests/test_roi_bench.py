@@ -102,3 +102,17 @@ def test_bench_runs_end_to_end_on_real_frames(tmp_path, data_root):
     assert on_disk["settings"]["schemes"] == ["accmodel", "shuffled"]
     assert on_disk["settings"]["accmodel_run_width"] is None  # model_width 0: each frame at its own size
     assert (tmp_path / "out/roi.png").stat().st_size > 1000 and "| accmodel |" in (tmp_path / "out/roi.md").read_text()
+
+
+def test_shuffled_masks_keep_each_share_and_a_held_mask_keeps_one_shuffle():
+    from cloudtutor.bench.roi import shuffle_blocks
+
+    held = np.zeros((6, 8), bool)
+    held[:2, :3] = True
+    other = np.zeros((6, 8), bool)
+    other[4:, :] = True
+    out = shuffle_blocks([held, held, held, other], seed=1)
+    assert [m.sum() for m in out] == [6, 6, 6, 16]
+    assert out[0] is out[1] is out[2] and out[3] is not out[0]  # one shuffle per distinct mask, held as long
+    assert not np.array_equal(out[0], held) and not np.array_equal(out[3], other)
+    assert all(np.array_equal(a, b) for a, b in zip(out, shuffle_blocks([held, held, held, other], seed=1)))

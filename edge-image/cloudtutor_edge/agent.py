@@ -563,6 +563,5 @@ def _roi_planner(config: EdgeConfig):
     from cloudtutor.accmpeg.roi import RoiPlanner
 
     ckpt = load_accmodel(config.roi_accmodel)
-    width = ckpt.config.get("width")  # the model runs at the scale it learned (AccModel.predict)
-    log.info("ROI encoding: AccModel %s, run on frames at most %s px wide", config.roi_accmodel, width)
-    return RoiPlanner(ckpt.model, width=width)
+    log.info("ROI encoding: AccModel %s, run on frames at most %s px wide", config.roi_accmodel, ckpt.width)
+    return RoiPlanner(ckpt.model, width=ckpt.width)  # the scale it learned (AccModel.predict)

@@ -145,6 +145,11 @@ class AccModelCheckpoint:
     optimizer_state: dict[str, Any] | None
     arch_args: dict[str, Any]
 
+    @property
+    def width(self) -> int | None:
+        """The frame width it was trained at, the one to run it at (None: not recorded)."""
+        return self.config.get("width")
+
 
 def save_accmodel(
     path: str | os.PathLike[str], model: AccModel, *, config: Mapping[str, Any], step: int,

@@ -218,6 +218,19 @@ def bd_table(schemes: Mapping[str, Sequence[Mapping[str, Any]]], chunk: int, *, 
     return out
 
 
+def shuffle_blocks(masks: Sequence[np.ndarray], *, seed: int) -> list[np.ndarray]:
+    """Each mask with its blocks shuffled over the frame: the same share, no knowledge. A mask
+    the list repeats (the planner's, held for ``roi_every`` frames) gets one shuffle, held as long."""
+    rng = np.random.default_rng(seed)
+    done: dict[int, np.ndarray] = {}
+    out = []
+    for m in masks:
+        if id(m) not in done:
+            done[id(m)] = rng.permutation(m.ravel()).reshape(m.shape)
+        out.append(done[id(m)])
+    return out
+
+
 def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int, width: int | None, held_out: float,
                 chunk: int, crfs: Sequence[float], roi_crfs: Sequence[float], qoffsets: Sequence[float], alpha: float,
                 dilation: int, roi_every: int, bootstrap: int = 1000,
@@ -250,9 +263,8 @@ def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int,
     model_ms = 1000 * planner.model_seconds / max(1, planner.runs)
     log.info("%s: AccModel ran %d times, %.1f ms a run", video.name, planner.runs, model_ms)
     masks_of = {"accmodel": model_masks}
-    shuffled: dict[int, np.ndarray] = {}  # one shuffle per AccModel run: the planner repeats the same array
-    rng = np.random.default_rng(1)
-    masks_of["shuffled"] = [shuffled.setdefault(id(m), rng.permutation(m.ravel()).reshape(m.shape)) for m in model_masks]
+    if "shuffled" in roi_schemes:
+        masks_of["shuffled"] = shuffle_blocks(model_masks, seed=1)
     if {"accgrad", "random"} & set(roi_schemes):  # the oracle's gradients take minutes; skip them when unused
         cfg = ckpt.config
         t = time.perf_counter()
@@ -260,8 +272,7 @@ def bench_video(video: Path, ckpt, teacher, proxy, *, trained: bool, every: int,
             frames, proxy, crf_high=cfg["crf_high"], crf_low=cfg["crf_low"], alpha=cfg["label_alpha"],
             dilation=dilation, acc=cfg.get("agreement", "cross_entropy"))
         log.info("%s: exact AccGrad of %d frames in %.0f s", video.name, len(frames), time.perf_counter() - t)
-        rng = np.random.default_rng(0)
-        masks_of["random"] = [rng.permutation(m.ravel()).reshape(m.shape) for m in masks_of["accgrad"]]
+        masks_of["random"] = shuffle_blocks(masks_of["accgrad"], seed=0)
 
     schemes: dict[str, list[dict[str, Any]]] = {"uniform": uniform, **{name: [] for name in roi_schemes}}
     flat: dict[float, list[np.ndarray]] = {}  # same CRF without ROI, the PSNR baseline: one encode per CRF
@@ -438,7 +449,7 @@ def run_bench_roi(
     cfg = ckpt.config
     trained_on = str(cfg.get("video", "(not recorded)"))
     held = cfg.get("held_out", 0.25) if held_out is None else held_out
-    run_width = cfg.get("width") if model_width is None else (model_width or None)
+    run_width = ckpt.width if model_width is None else (model_width or None)
     teacher = build_teacher("cityscapes19")  # one TFLite thread: it shares the process with torch (data README)
     proxy = frozen_proxy(cfg.get("proxy", "espnet"))
     results = []
@@ -457,7 +468,7 @@ def run_bench_roi(
         "settings": {"crfs": list(crfs), "roi_crfs": list(roi_crfs), "roi_qoffsets": list(roi_qoffsets), "alpha": alpha,
                      "schemes": list(schemes),
                      "dilate": dilate, "roi_every": roi_every, "every": every, "chunk": chunk, "width": width,
-                     "accmodel_width": cfg.get("width"), "accmodel_run_width": run_width,
+                     "accmodel_width": ckpt.width, "accmodel_run_width": run_width,
                      "bootstrap": bootstrap},
         "paper_qp": list(PAPER_QP), "results": results,
     }
